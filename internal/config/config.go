@@ -1,0 +1,356 @@
+// Package config is syncd's one configuration struct and the only code that
+// reads flags, SYNCD_* environment variables and secret files.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is every setting of every command. A command's flag set registers
+// only the fields it uses; the rest keep their defaults.
+type Config struct {
+	Command string
+
+	ClickHouseDSN string
+	LogFormat     string
+	LogLevel      string
+
+	Listen           string
+	AdminListen      string
+	WebhookTolerance time.Duration
+	ShutdownTimeout  time.Duration
+	RefreshWorkers   int
+
+	StripeAPIKey         string
+	StripeAPIURL         string
+	StripeWebhookSecrets []string
+	// StripeAccounts lists Connect accounts; nil means the key's own account
+	// only. StripeAllAccounts is set by the value "all".
+	StripeAccounts    []string
+	StripeAllAccounts bool
+
+	OrbAPIKey         string
+	OrbAPIURL         string
+	OrbWebhookSecrets []string
+
+	// RateLimit is requests per second to a source API; 0 means the
+	// provider's default (see RateLimitFor).
+	RateLimit float64
+
+	// Sink tuning.
+	BatchRows     int
+	FlushInterval time.Duration
+	QueueRows     int
+
+	// backfill and verify.
+	Provider    string
+	Customers   []string
+	Since       time.Time
+	SinceRaw    string
+	Full        bool
+	Concurrency int
+	Progress    string
+}
+
+// Provider names.
+const (
+	Stripe = "stripe"
+	Orb    = "orb"
+)
+
+// Commands that take flags.
+const (
+	CmdServe    = "serve"
+	CmdBackfill = "backfill"
+	CmdMigrate  = "migrate"
+	CmdVerify   = "verify"
+)
+
+// UsageError is a bad command line; the process exits 2.
+type UsageError struct{ Err error }
+
+func (e *UsageError) Error() string { return e.Err.Error() }
+func (e *UsageError) Unwrap() error { return e.Err }
+
+// ErrHelp is returned when --help was asked for; usage has been printed.
+var ErrHelp = flag.ErrHelp
+
+// Parse fills a Config for command from args, then the environment (getenv),
+// then the defaults, in that order of precedence. now anchors relative
+// --since durations.
+func Parse(command string, args []string, getenv func(string) string, stderr io.Writer, now time.Time) (*Config, error) {
+	c := &Config{Command: command}
+	fs := flag.NewFlagSet("syncd "+command, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+
+	secrets := map[string]*string{}
+	secretFile := func(name string) {
+		f := new(string)
+		fs.StringVar(f, name+"-file", "", "read --"+name+" from this file (for secrets mounted from Kubernetes)")
+		secrets[name] = f
+	}
+
+	fs.StringVar(&c.ClickHouseDSN, "clickhouse-dsn", "clickhouse://127.0.0.1:9000/syncd", "clickhouse-go v2 DSN; the path is the database")
+	secretFile("clickhouse-dsn")
+	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or console")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+
+	sourceFlags := func() {
+		fs.StringVar(&c.StripeAPIKey, "stripe-api-key", "", "Stripe secret or restricted key (sk_live_, sk_test_, rk_…)")
+		secretFile("stripe-api-key")
+		fs.StringVar(&c.StripeAPIURL, "stripe-api-url", "https://api.stripe.com", "Stripe API base URL")
+		fs.Func("stripe-accounts", "Connect: comma-separated acct_… ids, or all; empty = the key's own account", func(v string) error {
+			c.StripeAccounts, c.StripeAllAccounts = nil, false
+			for _, a := range splitList(v) {
+				if a == "all" {
+					c.StripeAllAccounts = true
+					continue
+				}
+				if !strings.HasPrefix(a, "acct_") {
+					return fmt.Errorf("%q is not an acct_… id", a)
+				}
+				c.StripeAccounts = append(c.StripeAccounts, a)
+			}
+			return nil
+		})
+		fs.StringVar(&c.OrbAPIKey, "orb-api-key", "", "Orb API key; the Orb source is off without a key or webhook secret")
+		secretFile("orb-api-key")
+		fs.StringVar(&c.OrbAPIURL, "orb-api-url", "https://api.withorb.com", "Orb API base URL")
+		fs.Float64Var(&c.RateLimit, "rate-limit", 0, "requests per second to a source API, shared by every worker (default 80 for Stripe live keys, 20 for test keys, 40 for Orb)")
+	}
+	sinkFlags := func(batch int, interval time.Duration) {
+		fs.IntVar(&c.BatchRows, "batch-rows", batch, "max rows per ClickHouse insert")
+		fs.DurationVar(&c.FlushInterval, "flush-interval", interval, "how long a batch may wait to fill before it is sent (0: send as soon as the previous insert returns)")
+		fs.IntVar(&c.QueueRows, "queue-rows", 200000, "max rows waiting for ClickHouse; beyond it writes are refused (webhooks answer 503)")
+	}
+	providerFlags := func() {
+		fs.StringVar(&c.Provider, "provider", Stripe, "source: stripe or orb")
+		fs.Func("customer", "only this customer id (repeatable)", func(v string) error {
+			c.Customers = append(c.Customers, splitList(v)...)
+			return nil
+		})
+	}
+
+	var webhookSecrets, orbSecrets listFlag
+	switch command {
+	case CmdServe:
+		sourceFlags()
+		sinkFlags(10000, 0)
+		fs.StringVar(&c.Listen, "listen", ":8080", "webhook HTTP listener")
+		fs.StringVar(&c.AdminListen, "admin-listen", ":9090", "admin listener: /metrics, /healthz, /readyz, /debug/pprof/")
+		fs.Var(&webhookSecrets, "stripe-webhook-secret", "whsec_… (repeatable or comma-separated, for rotation)")
+		secretFile("stripe-webhook-secret")
+		fs.Var(&orbSecrets, "orb-webhook-secret", "Orb webhook secret (repeatable or comma-separated)")
+		secretFile("orb-webhook-secret")
+		fs.DurationVar(&c.WebhookTolerance, "webhook-tolerance", 5*time.Minute, "max age and max future skew of a signed timestamp")
+		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 25*time.Second, "how long SIGTERM may take to drain (keep below terminationGracePeriodSeconds)")
+		fs.IntVar(&c.RefreshWorkers, "refresh-workers", 8, "concurrent customer refreshes")
+	case CmdBackfill:
+		sourceFlags()
+		sinkFlags(50000, time.Second)
+		providerFlags()
+		fs.StringVar(&c.SinceRaw, "since", "", "only what changed since then: RFC 3339 time or a duration such as 36h")
+		fs.BoolVar(&c.Full, "full", false, "ignore checkpoints and re-read everything")
+		fs.IntVar(&c.Concurrency, "concurrency", 0, "customers read at once (default: enough to saturate --rate-limit)")
+		fs.StringVar(&c.Progress, "progress", "auto", "progress output: auto (a live line on a terminal), line, log, or none")
+	case CmdVerify:
+		sourceFlags()
+		providerFlags()
+		fs.IntVar(&c.Concurrency, "concurrency", 0, "customers checked at once (default: enough to saturate --rate-limit)")
+	case CmdMigrate:
+	default:
+		return nil, &UsageError{fmt.Errorf("unknown command %q", command)}
+	}
+
+	// Environment first, so the command line overrides it.
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if envErr != nil {
+			return
+		}
+		if v := getenv(EnvName(f.Name)); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				envErr = &UsageError{fmt.Errorf("%s: %w", EnvName(f.Name), err)}
+			}
+		}
+	})
+	if envErr != nil {
+		return nil, envErr
+	}
+	webhookSecrets.fromEnv, orbSecrets.fromEnv = true, true
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, ErrHelp
+		}
+		return nil, &UsageError{err}
+	}
+	if fs.NArg() > 0 {
+		return nil, &UsageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+
+	// Secret files fill what neither flag nor env set.
+	targets := map[string]func(string){
+		"clickhouse-dsn":        func(v string) { c.ClickHouseDSN = v },
+		"stripe-api-key":        func(v string) { c.StripeAPIKey = v },
+		"orb-api-key":           func(v string) { c.OrbAPIKey = v },
+		"stripe-webhook-secret": func(v string) { webhookSecrets.add(v) },
+		"orb-webhook-secret":    func(v string) { orbSecrets.add(v) },
+	}
+	for name, path := range secrets {
+		if *path == "" {
+			continue
+		}
+		b, err := os.ReadFile(*path)
+		if err != nil {
+			return nil, &UsageError{fmt.Errorf("--%s-file: %w", name, err)}
+		}
+		targets[name](strings.TrimSpace(string(b)))
+	}
+	c.StripeWebhookSecrets = webhookSecrets.values
+	c.OrbWebhookSecrets = orbSecrets.values
+
+	if err := c.validate(now); err != nil {
+		return nil, &UsageError{err}
+	}
+	return c, nil
+}
+
+func (c *Config) validate(now time.Time) error {
+	switch c.LogFormat {
+	case "json", "console":
+	default:
+		return fmt.Errorf("--log-format must be json or console, not %q", c.LogFormat)
+	}
+	if c.RateLimit < 0 {
+		return fmt.Errorf("--rate-limit must be positive")
+	}
+	if c.Command == CmdBackfill || c.Command == CmdVerify {
+		if c.Provider != Stripe && c.Provider != Orb {
+			return fmt.Errorf("--provider must be stripe or orb, not %q", c.Provider)
+		}
+		if c.Concurrency < 0 {
+			return fmt.Errorf("--concurrency must be positive")
+		}
+		if c.Provider == Stripe && c.StripeAPIKey == "" {
+			return fmt.Errorf("--stripe-api-key (or SYNCD_STRIPE_API_KEY, or --stripe-api-key-file) is required")
+		}
+		if c.Provider == Orb && c.OrbAPIKey == "" {
+			return fmt.Errorf("--orb-api-key (or SYNCD_ORB_API_KEY, or --orb-api-key-file) is required")
+		}
+	}
+	if c.SinceRaw != "" {
+		t, err := ParseSince(c.SinceRaw, now)
+		if err != nil {
+			return err
+		}
+		c.Since = t
+		if c.Full {
+			return fmt.Errorf("--since and --full cannot be combined: --full re-reads everything")
+		}
+	}
+	if c.Command == CmdServe {
+		if len(c.StripeWebhookSecrets) > 0 && c.StripeAPIKey == "" {
+			return fmt.Errorf("--stripe-api-key is required with --stripe-webhook-secret: Stripe webhooks trigger refreshes through the API")
+		}
+		for _, s := range c.StripeWebhookSecrets {
+			if !strings.HasPrefix(s, "whsec_") {
+				return fmt.Errorf("a --stripe-webhook-secret does not start with whsec_")
+			}
+		}
+	}
+	if c.BatchRows < 0 || c.QueueRows < 0 {
+		return fmt.Errorf("--batch-rows and --queue-rows must be positive")
+	}
+	return nil
+}
+
+// ParseSince reads an RFC 3339 time or a duration back from now.
+func ParseSince(v string, now time.Time) (time.Time, error) {
+	if d, err := time.ParseDuration(v); err == nil {
+		if d <= 0 {
+			return time.Time{}, fmt.Errorf("--since %s: the duration must be positive", v)
+		}
+		return now.Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339, v)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("--since %q: want an RFC 3339 time (2026-01-02T15:04:05Z) or a duration (36h)", v)
+	}
+	if t.After(now) {
+		return time.Time{}, fmt.Errorf("--since %s is in the future", v)
+	}
+	return t, nil
+}
+
+// RateLimitFor is the requests-per-second budget for provider: the flag when
+// set, else a default below the provider's documented limit.
+func (c *Config) RateLimitFor(provider string) float64 {
+	if c.RateLimit > 0 {
+		return c.RateLimit
+	}
+	if provider == Orb {
+		return 40
+	}
+	if strings.Contains(c.StripeAPIKey, "_live_") {
+		return 80
+	}
+	return 20
+}
+
+// EnvName maps a flag name to its environment variable.
+func EnvName(flagName string) string {
+	return "SYNCD_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// Redact returns s with every configured secret replaced, for error
+// messages that might quote user input.
+func (c *Config) Redact(s string) string {
+	for _, sec := range append(append([]string{c.StripeAPIKey, c.OrbAPIKey}, c.StripeWebhookSecrets...), c.OrbWebhookSecrets...) {
+		if len(sec) >= 8 {
+			s = strings.ReplaceAll(s, sec, "[redacted]")
+		}
+	}
+	return s
+}
+
+// listFlag is a repeatable, comma-separated flag whose command-line values
+// replace (not extend) those from the environment.
+type listFlag struct {
+	values  []string
+	fromEnv bool
+}
+
+func (l *listFlag) String() string { return strconv.Itoa(len(l.values)) + " values" }
+
+func (l *listFlag) Set(v string) error {
+	if l.fromEnv {
+		l.values, l.fromEnv = nil, false
+	}
+	l.add(v)
+	return nil
+}
+
+func (l *listFlag) add(v string) {
+	for _, s := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == '\n' }) {
+		if s = strings.TrimSpace(s); s != "" {
+			l.values = append(l.values, s)
+		}
+	}
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}

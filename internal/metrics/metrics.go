@@ -1,0 +1,174 @@
+// Package metrics defines every Prometheus series syncd exports, on a
+// registry of its own, with labelled series initialised at start-up so that
+// dashboards and alerts never meet a missing series.
+package metrics
+
+import (
+	"net/http"
+	"runtime"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/syncd/syncd/internal/version"
+)
+
+// Known label values. Unknown values are folded into Other so that a
+// provider inventing event types cannot grow the series count without bound.
+var (
+	Providers = []string{"stripe", "orb"}
+
+	// Webhook outcomes.
+	OutcomeOK          = "ok"
+	OutcomeIgnored     = "ignored"
+	OutcomeBadSig      = "bad_signature"
+	OutcomeBadRequest  = "bad_request"
+	OutcomeTooLarge    = "too_large"
+	OutcomeMethod      = "method_not_allowed"
+	OutcomeUnavailable = "unavailable"
+	Outcomes           = []string{OutcomeOK, OutcomeIgnored, OutcomeBadSig, OutcomeBadRequest, OutcomeTooLarge, OutcomeMethod, OutcomeUnavailable}
+
+	Tables = []string{
+		"stripe_customer_balance_transactions", "orb_customer_balance_transactions",
+		"stripe_events", "orb_events",
+	}
+
+	// Source endpoints and the status codes initialised for each.
+	Endpoints = map[string][]string{
+		"stripe": {"customers", "customer", "balance_transactions", "events", "accounts"},
+		"orb":    {"customers", "customer", "balance_transactions"},
+	}
+	Codes = []string{"200", "400", "401", "403", "404", "429", "500", "503", "error"}
+
+	EventTypes = map[string][]string{
+		"stripe": {
+			"customer.created", "customer.updated", "customer.deleted",
+			"invoice.finalized", "invoice.paid", "invoice.voided", "invoice.marked_uncollectible", "invoice.updated",
+			"credit_note.created", "credit_note.updated", "credit_note.voided",
+			"checkout.session.completed", "customer_balance_transaction", Other,
+		},
+		"orb": {"customer.balance_transaction_created", Other},
+	}
+)
+
+// Other is the label value for anything not in the known sets.
+const Other = "other"
+
+// Metrics holds syncd's collectors.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	WebhookRequests  *prometheus.CounterVec
+	WebhookAck       prometheus.Histogram
+	Events           *prometheus.CounterVec
+	SinkRows         *prometheus.CounterVec
+	SinkFlush        prometheus.Histogram
+	SinkQueueRows    prometheus.Gauge
+	SinkErrors       prometheus.Counter
+	SourceRequests   *prometheus.CounterVec
+	SourceSeconds    *prometheus.HistogramVec
+	RefreshQueue     prometheus.Gauge
+	BackfillCustomer *prometheus.CounterVec
+	SyncLag          *prometheus.GaugeVec
+}
+
+// New registers every series on a fresh registry.
+func New() *Metrics {
+	r := prometheus.NewRegistry()
+	m := &Metrics{
+		Registry: r,
+		WebhookRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "syncd_webhook_requests_total", Help: "Webhook requests by provider and outcome.",
+		}, []string{"provider", "outcome"}),
+		WebhookAck: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "syncd_webhook_ack_seconds", Help: "Time from a webhook request's arrival to its answer.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+		Events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "syncd_events_total", Help: "Verified webhook events by provider and type.",
+		}, []string{"provider", "type"}),
+		SinkRows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "syncd_sink_rows_total", Help: "Rows committed to ClickHouse by table.",
+		}, []string{"table"}),
+		SinkFlush: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "syncd_sink_flush_seconds", Help: "Duration of one ClickHouse insert.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
+		}),
+		SinkQueueRows: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "syncd_sink_queue_rows", Help: "Rows waiting to be written to ClickHouse.",
+		}),
+		SinkErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "syncd_sink_errors_total", Help: "Failed ClickHouse inserts (each is retried).",
+		}),
+		SourceRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "syncd_source_requests_total", Help: "Requests to a source API by provider, endpoint and HTTP status (error: no response).",
+		}, []string{"provider", "endpoint", "code"}),
+		SourceSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "syncd_source_request_seconds", Help: "Source API request duration.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 12),
+		}, []string{"provider"}),
+		RefreshQueue: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "syncd_refresh_queue_depth", Help: "Customers waiting for a refresh.",
+		}),
+		BackfillCustomer: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "syncd_backfill_customers_total", Help: "Customers fully read by backfill or verify.",
+		}, []string{"provider"}),
+		SyncLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "syncd_sync_lag_seconds", Help: "Age of the oldest change not yet mirrored (0 when caught up).",
+		}, []string{"provider"}),
+	}
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "syncd_build_info", Help: "Build identity; always 1.",
+	}, []string{"version", "commit", "goversion"})
+	build.WithLabelValues(version.Version, version.CommitOrVCS(), runtime.Version()).Set(1)
+
+	r.MustRegister(m.WebhookRequests, m.WebhookAck, m.Events, m.SinkRows, m.SinkFlush, m.SinkQueueRows,
+		m.SinkErrors, m.SourceRequests, m.SourceSeconds, m.RefreshQueue, m.BackfillCustomer, m.SyncLag, build,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	for _, p := range Providers {
+		for _, o := range Outcomes {
+			m.WebhookRequests.WithLabelValues(p, o)
+		}
+		for _, t := range EventTypes[p] {
+			m.Events.WithLabelValues(p, t)
+		}
+		for _, e := range Endpoints[p] {
+			for _, c := range Codes {
+				m.SourceRequests.WithLabelValues(p, e, c)
+			}
+		}
+		m.SourceSeconds.WithLabelValues(p)
+		m.BackfillCustomer.WithLabelValues(p)
+		m.SyncLag.WithLabelValues(p)
+	}
+	for _, t := range Tables {
+		m.SinkRows.WithLabelValues(t)
+	}
+	return m
+}
+
+// Handler serves the registry in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
+}
+
+// EventType folds t into the known set of provider's event types.
+func EventType(provider, t string) string {
+	for _, k := range EventTypes[provider] {
+		if k == t {
+			return t
+		}
+	}
+	return Other
+}
+
+// Code is the code label for an HTTP status, or for no response at all.
+func Code(status int) string {
+	if status == 0 {
+		return "error"
+	}
+	return strconv.Itoa(status)
+}

@@ -1,0 +1,446 @@
+// Package sink writes rows to ClickHouse in batches and tells each writer
+// when its rows are committed: the acknowledgement a webhook's 200 waits for.
+//
+// Each table has one bounded queue and one writer goroutine doing group
+// commit: while one insert is in flight, arriving rows gather, and when it
+// returns everything gathered (up to BatchRows) goes in the next insert. A
+// failed insert is retried with exponential backoff and jitter until it
+// succeeds or the sink is closed; rows are never dropped silently.
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/cenkalti/backoff/v5"
+	"go.uber.org/zap"
+
+	"github.com/syncd/syncd/internal/metrics"
+)
+
+// Table names a ClickHouse table and the columns every INSERT into it names,
+// in the order of a row's values.
+type Table struct {
+	Name    string
+	Columns []string
+}
+
+// Errors a writer can see.
+var (
+	ErrQueueFull = errors.New("sink queue is full")
+	ErrClosed    = errors.New("sink is closed")
+)
+
+// Options tune a Sink; the zero value of each field picks a default.
+type Options struct {
+	BatchRows     int           // max rows per insert [10000]
+	FlushInterval time.Duration // how long a batch may wait to fill [0: group commit]
+	QueueRows     int           // max rows waiting, over all tables [200000]
+	MinBackoff    time.Duration // first retry delay [100ms]
+	MaxBackoff    time.Duration // longest retry delay [10s]
+	InsertTimeout time.Duration // one insert attempt [60s]
+	Metrics       *metrics.Metrics
+	Logger        *zap.Logger
+}
+
+func (o *Options) defaults() {
+	if o.BatchRows <= 0 {
+		o.BatchRows = 10000
+	}
+	if o.QueueRows <= 0 {
+		o.QueueRows = 200000
+	}
+	if o.QueueRows < o.BatchRows {
+		o.QueueRows = o.BatchRows
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 100 * time.Millisecond
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = 10 * time.Second
+	}
+	if o.InsertTimeout <= 0 {
+		o.InsertTimeout = 60 * time.Second
+	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.New()
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+}
+
+// Sink is a batched, acknowledged ClickHouse writer. It is safe for
+// concurrent use.
+type Sink struct {
+	conn driver.Conn
+	opts Options
+
+	queued atomic.Int64 // rows accepted and not yet resolved
+	space  chan struct{} // closed and replaced whenever rows leave the queue
+	spaceM sync.Mutex
+
+	mu     sync.Mutex
+	queues map[string]*queue
+	closed bool
+
+	stop     context.Context // cancelled when Close gives up: abandon retries
+	stopNow  context.CancelFunc
+	draining chan struct{} // closed by Close: send what is left without lingering
+	wg       sync.WaitGroup
+}
+
+// New returns a Sink writing through conn.
+func New(conn driver.Conn, opts Options) *Sink {
+	opts.defaults()
+	stop, cancel := context.WithCancel(context.Background())
+	return &Sink{
+		conn: conn, opts: opts, queues: map[string]*queue{},
+		space: make(chan struct{}), stop: stop, stopNow: cancel, draining: make(chan struct{}),
+	}
+}
+
+// Ack resolves when every row of one Write is committed, or can no longer be.
+type Ack struct {
+	remaining atomic.Int64
+	done      chan struct{}
+	once      sync.Once
+	err       error
+}
+
+func newAck(n int) *Ack {
+	a := &Ack{done: make(chan struct{})}
+	a.remaining.Store(int64(n))
+	if n == 0 {
+		a.resolve(nil)
+	}
+	return a
+}
+
+func (a *Ack) resolve(err error) {
+	a.once.Do(func() { a.err = err; close(a.done) })
+}
+
+func (a *Ack) committed(n int) {
+	if a.remaining.Add(-int64(n)) == 0 {
+		a.resolve(nil)
+	}
+}
+
+// Done is closed when the Ack is resolved.
+func (a *Ack) Done() <-chan struct{} { return a.done }
+
+// Err is nil when the rows are committed; valid once Done is closed.
+func (a *Ack) Err() error { <-a.done; return a.err }
+
+// Wait blocks until the rows are committed (nil), cannot be (the reason), or
+// ctx ends first (ctx's error; the rows stay queued and may still commit).
+func (a *Ack) Wait(ctx context.Context) error {
+	select {
+	case <-a.done:
+		return a.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// TryWrite queues rows for t without blocking; ErrQueueFull when there is no
+// room, so the caller can refuse its own client (a webhook answers 503).
+func (s *Sink) TryWrite(t Table, rows ...[]any) (*Ack, error) {
+	if !s.reserve(len(rows)) {
+		return nil, ErrQueueFull
+	}
+	return s.enqueue(t, rows)
+}
+
+// Write queues rows for t, waiting while the queue is full (backpressure for
+// backfill) until ctx ends.
+func (s *Sink) Write(ctx context.Context, t Table, rows ...[]any) (*Ack, error) {
+	for !s.reserve(len(rows)) {
+		s.spaceM.Lock()
+		ch := s.space
+		s.spaceM.Unlock()
+		if s.reserve(len(rows)) {
+			break
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return s.enqueue(t, rows)
+}
+
+// reserve takes room for n rows. A write larger than the whole queue is let
+// in when the queue is empty, so it cannot wait forever.
+func (s *Sink) reserve(n int) bool {
+	for {
+		cur := s.queued.Load()
+		if cur > 0 && cur+int64(n) > int64(s.opts.QueueRows) {
+			return false
+		}
+		if s.queued.CompareAndSwap(cur, cur+int64(n)) {
+			s.opts.Metrics.SinkQueueRows.Add(float64(n))
+			return true
+		}
+	}
+}
+
+func (s *Sink) release(n int) {
+	s.queued.Add(-int64(n))
+	s.opts.Metrics.SinkQueueRows.Sub(float64(n))
+	s.spaceM.Lock()
+	close(s.space)
+	s.space = make(chan struct{})
+	s.spaceM.Unlock()
+}
+
+func (s *Sink) enqueue(t Table, rows [][]any) (*Ack, error) {
+	for i, r := range rows {
+		if len(r) != len(t.Columns) {
+			s.release(len(rows))
+			return nil, fmt.Errorf("write to %s: row %d has %d values for %d columns", t.Name, i, len(r), len(t.Columns))
+		}
+	}
+	ack := newAck(len(rows))
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		s.release(len(rows))
+		return nil, ErrClosed
+	}
+	q := s.queues[t.Name]
+	if q == nil {
+		q = &queue{table: t, insert: insertSQL(t), wake: make(chan struct{}, 1)}
+		s.queues[t.Name] = q
+		s.wg.Add(1)
+		go s.run(q)
+	}
+	// Pushed under s.mu so that Close cannot let the writer exit between
+	// the closed check and the push.
+	if len(rows) > 0 {
+		q.push(segment{ack: ack, rows: rows})
+	}
+	s.mu.Unlock()
+	return ack, nil
+}
+
+func insertSQL(t Table) string {
+	return "INSERT INTO " + t.Name + " (" + strings.Join(t.Columns, ", ") + ")"
+}
+
+// segment is the rows of one Write still waiting in a queue.
+type segment struct {
+	ack  *Ack
+	rows [][]any
+}
+
+type queue struct {
+	table  Table
+	insert string
+	wake   chan struct{}
+
+	mu   sync.Mutex
+	segs []segment
+	rows int
+}
+
+func (q *queue) push(seg segment) {
+	q.mu.Lock()
+	q.segs = append(q.segs, seg)
+	q.rows += len(seg.rows)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (q *queue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.rows
+}
+
+// take removes up to max rows from the front, splitting a segment if needed.
+func (q *queue) take(max int) []segment {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var out []segment
+	n := 0
+	for len(q.segs) > 0 && n < max {
+		seg := q.segs[0]
+		if room := max - n; len(seg.rows) > room {
+			out = append(out, segment{ack: seg.ack, rows: seg.rows[:room]})
+			q.segs[0].rows = seg.rows[room:]
+			n += room
+			break
+		}
+		out = append(out, seg)
+		n += len(seg.rows)
+		q.segs[0] = segment{}
+		q.segs = q.segs[1:]
+	}
+	q.rows -= n
+	return out
+}
+
+// run is a table's writer: group commit with an optional linger.
+func (s *Sink) run(q *queue) {
+	defer s.wg.Done()
+	for {
+		if q.len() == 0 {
+			select {
+			case <-q.wake:
+			case <-s.draining:
+				if q.len() == 0 {
+					return
+				}
+			}
+		}
+		if s.opts.FlushInterval > 0 && q.len() < s.opts.BatchRows {
+			s.linger(q)
+		}
+		batch := q.take(s.opts.BatchRows)
+		if len(batch) == 0 {
+			continue
+		}
+		if err := s.commit(q, batch); err != nil {
+			// Only Close giving up ends a commit with an error: fail what
+			// is left, including this batch.
+			s.abandon(q, batch, err)
+			return
+		}
+	}
+}
+
+// linger waits for the batch to fill, its deadline, or Close.
+func (s *Sink) linger(q *queue) {
+	deadline := time.NewTimer(s.opts.FlushInterval)
+	defer deadline.Stop()
+	for q.len() < s.opts.BatchRows {
+		select {
+		case <-q.wake:
+		case <-deadline.C:
+			return
+		case <-s.draining:
+			return
+		}
+	}
+}
+
+// commit inserts batch, retrying with backoff until it succeeds or the sink
+// is told to stop.
+func (s *Sink) commit(q *queue, batch []segment) error {
+	n := 0
+	for _, seg := range batch {
+		n += len(seg.rows)
+	}
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = s.opts.MinBackoff
+	bo.MaxInterval = s.opts.MaxBackoff
+	bo.RandomizationFactor = 0.5
+	for attempt := 1; ; attempt++ {
+		start := time.Now()
+		err := s.insert(q, batch)
+		s.opts.Metrics.SinkFlush.Observe(time.Since(start).Seconds())
+		if err == nil {
+			s.opts.Metrics.SinkRows.WithLabelValues(q.table.Name).Add(float64(n))
+			for _, seg := range batch {
+				seg.ack.committed(len(seg.rows))
+			}
+			s.release(n)
+			if attempt > 1 {
+				s.opts.Logger.Info("clickhouse insert recovered", zap.String("table", q.table.Name), zap.Int("attempts", attempt))
+			}
+			return nil
+		}
+		s.opts.Metrics.SinkErrors.Inc()
+		wait := bo.NextBackOff()
+		s.opts.Logger.Warn("clickhouse insert failed; retrying",
+			zap.String("table", q.table.Name), zap.Int("rows", n), zap.Int("attempt", attempt),
+			zap.Duration("retry_in", wait), zap.Error(err))
+		select {
+		case <-time.After(wait):
+		case <-s.stop.Done():
+			return fmt.Errorf("flush %d rows to %s: %w", n, q.table.Name, err)
+		}
+	}
+}
+
+func (s *Sink) insert(q *queue, batch []segment) error {
+	ctx, cancel := context.WithTimeout(s.stop, s.opts.InsertTimeout)
+	defer cancel()
+	b, err := s.conn.PrepareBatch(ctx, q.insert)
+	if err != nil {
+		return fmt.Errorf("prepare insert into %s: %w", q.table.Name, err)
+	}
+	for _, seg := range batch {
+		for _, r := range seg.rows {
+			if err := b.Append(r...); err != nil {
+				_ = b.Abort()
+				return fmt.Errorf("append to %s: %w", q.table.Name, err)
+			}
+		}
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("send to %s: %w", q.table.Name, err)
+	}
+	return nil
+}
+
+// abandon fails batch and everything still queued in q with err.
+func (s *Sink) abandon(q *queue, batch []segment, err error) {
+	for {
+		n := 0
+		for _, seg := range batch {
+			seg.ack.resolve(err)
+			n += len(seg.rows)
+		}
+		if n > 0 {
+			s.release(n)
+		}
+		if batch = q.take(int(^uint(0) >> 1)); len(batch) == 0 {
+			return
+		}
+	}
+}
+
+// Queued reports rows accepted and not yet committed or failed.
+func (s *Sink) Queued() int { return int(s.queued.Load()) }
+
+// Close stops accepting writes and sends everything queued. If ctx ends
+// first, outstanding retries are abandoned, their Acks fail, and the error
+// says how many rows were not written.
+func (s *Sink) Close(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	s.closed = true
+	s.mu.Unlock()
+	close(s.draining)
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		s.stopNow()
+		return nil
+	case <-ctx.Done():
+	}
+	lost := s.queued.Load()
+	s.stopNow()
+	<-done
+	if lost > 0 {
+		return fmt.Errorf("close sink: %d rows not written to ClickHouse: %w", lost, ctx.Err())
+	}
+	return nil
+}
