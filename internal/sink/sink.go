@@ -82,7 +82,7 @@ type Sink struct {
 	conn driver.Conn
 	opts Options
 
-	queued atomic.Int64 // rows accepted and not yet resolved
+	queued atomic.Int64  // rows accepted and not yet resolved
 	space  chan struct{} // closed and replaced whenever rows leave the queue
 	spaceM sync.Mutex
 
