@@ -1,0 +1,316 @@
+// Package stripeemu serves a stateful, seeded imitation of the Stripe API's
+// customer balance endpoints from memory, with faults and signed webhooks: the test oracle.
+package stripeemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config describes the generated world and the faults injected into it.
+type Config struct {
+	Seed      int64
+	Customers int      // generated customers per account
+	Accounts  []string // "" is the platform account, acct_… connected ones; empty means {""}
+	// HeavyCustomers adds, to the first account, one customer per entry with
+	// that many transactions (e.g. []int{5000}).
+	HeavyCustomers []int
+	End            time.Time // newest generated timestamp; zero means DefaultEnd
+	Livemode       bool
+
+	Latency time.Duration // added to every request
+	Rate429 float64       // fraction of requests answered 429 rate_limit
+	Rate500 float64       // fraction of requests answered 500 api_error
+
+	WebhookURL      string
+	WebhookSecret   string
+	WebhookSync     bool          // deliver inside the mutating call instead of in the background
+	WebhookAttempts int           // per event; 0 means 5
+	WebhookBackoff  time.Duration // first retry delay, doubling; 0 means 50ms
+	HTTPClient      *http.Client  // for webhooks; nil means a 10s-timeout client
+}
+
+// Emulator is an http.Handler serving the Stripe API from memory.
+type Emulator struct {
+	cfg Config
+
+	mu         sync.RWMutex
+	gen        *generator
+	accountIDs []string
+	accounts   map[string]*account
+
+	mux     *http.ServeMux
+	faultMu sync.Mutex
+	faultR  *rand.Rand
+	rate429 float64
+	rate500 float64
+	latency atomic.Int64
+	reqSeq  atomic.Int64
+
+	counters counters
+
+	deliveries deliveries
+	sem        chan struct{}
+	closing    context.Context
+	stop       context.CancelFunc
+}
+
+// New generates the world described by cfg.
+func New(cfg Config) (*Emulator, error) {
+	if len(cfg.Accounts) == 0 {
+		cfg.Accounts = []string{""}
+	}
+	if cfg.End.IsZero() {
+		cfg.End = DefaultEnd
+	}
+	if cfg.WebhookAttempts <= 0 {
+		cfg.WebhookAttempts = 5
+	}
+	if cfg.WebhookBackoff <= 0 {
+		cfg.WebhookBackoff = 50 * time.Millisecond
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
+	}
+	if cfg.WebhookURL != "" && cfg.WebhookSecret == "" {
+		return nil, errors.New("stripeemu: WebhookURL needs a WebhookSecret")
+	}
+	e := &Emulator{
+		cfg:      cfg,
+		gen:      &generator{rng: rand.New(rand.NewPCG(uint64(cfg.Seed), 0x5717e))},
+		accounts: map[string]*account{"": newAccount("")},
+		faultR:   rand.New(rand.NewPCG(uint64(cfg.Seed), 0xfa17)),
+		rate429:  cfg.Rate429,
+		rate500:  cfg.Rate500,
+		sem:      make(chan struct{}, 8),
+	}
+	e.counters.init()
+	e.latency.Store(int64(cfg.Latency))
+	e.closing, e.stop = context.WithCancel(context.Background())
+	for _, id := range cfg.Accounts {
+		if id != "" && !strings.HasPrefix(id, "acct_") {
+			return nil, fmt.Errorf("stripeemu: account %q: want \"\" or acct_…", id)
+		}
+		if slices.Contains(e.accountIDs, id) {
+			return nil, fmt.Errorf("stripeemu: account %q listed twice", id)
+		}
+		e.accountIDs = append(e.accountIDs, id)
+		if id != "" {
+			e.accounts[id] = newAccount(id)
+		}
+	}
+	e.generate()
+	e.mux = e.routes()
+	return e, nil
+}
+
+// SetFaults changes the injected 429 and 500 rates.
+func (e *Emulator) SetFaults(rate429, rate500 float64) {
+	e.faultMu.Lock()
+	e.rate429, e.rate500 = rate429, rate500
+	e.faultMu.Unlock()
+}
+
+// SetLatency changes the delay added to every request.
+func (e *Emulator) SetLatency(d time.Duration) { e.latency.Store(int64(d)) }
+
+// fault decides, from the seeded RNG, whether a request fails and how.
+func (e *Emulator) fault() int {
+	e.faultMu.Lock()
+	defer e.faultMu.Unlock()
+	if e.rate429 <= 0 && e.rate500 <= 0 {
+		return 0
+	}
+	switch u := e.faultR.Float64(); {
+	case u < e.rate429:
+		return http.StatusTooManyRequests
+	case u < e.rate429+e.rate500:
+		return http.StatusInternalServerError
+	}
+	return 0
+}
+
+// Accounts lists the configured account ids, "" for the platform.
+func (e *Emulator) Accounts() []string { return slices.Clone(e.accountIDs) }
+
+// Customers returns every customer of every account, oldest first per account.
+func (e *Emulator) Customers() []Customer {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	var out []Customer
+	for _, id := range e.accountIDs {
+		for _, c := range e.accounts[id].customers {
+			out = append(out, c.Customer)
+		}
+	}
+	return out
+}
+
+// CustomerTruth returns one customer as it stands.
+func (e *Emulator) CustomerTruth(account, id string) (Customer, bool) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	c, err := e.lookup(account, id)
+	if err != nil {
+		return Customer{}, false
+	}
+	return c.Customer, true
+}
+
+// Truth returns every transaction of every account and customer, oldest
+// first per customer: what a complete mirror must hold.
+func (e *Emulator) Truth() []Txn {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	var out []Txn
+	for _, id := range e.accountIDs {
+		for _, c := range e.accounts[id].customers {
+			for _, t := range c.txns {
+				out = append(out, t.export())
+			}
+		}
+	}
+	return out
+}
+
+// TruthFor returns one customer's transactions, oldest first; nil when the
+// customer does not exist.
+func (e *Emulator) TruthFor(account, customer string) []Txn {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	c, err := e.lookup(account, customer)
+	if err != nil {
+		return nil
+	}
+	out := make([]Txn, len(c.txns))
+	for i, t := range c.txns {
+		out[i] = t.export()
+	}
+	return out
+}
+
+// Events returns the recorded events of every account, oldest first per account.
+func (e *Emulator) Events() []Event {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	var out []Event
+	for _, id := range e.accountIDs {
+		for _, ev := range e.accounts[id].events {
+			out = append(out, ev.Event)
+		}
+	}
+	return out
+}
+
+// ErrNotFound reports an unknown account, customer or transaction.
+var ErrNotFound = errors.New("stripeemu: not found")
+
+func (e *Emulator) lookup(account, customer string) (*customer, error) {
+	a, ok := e.accounts[account]
+	if !ok {
+		return nil, fmt.Errorf("account %q: %w", account, ErrNotFound)
+	}
+	c, ok := a.customerByID[customer]
+	if !ok {
+		return nil, fmt.Errorf("customer %q of account %q: %w", customer, account, ErrNotFound)
+	}
+	return c, nil
+}
+
+// now is the creation time of a runtime object: the wall clock, but never
+// before floor, so per-customer order stays strict.
+func now(floor int64) int64 { return max(time.Now().Unix(), floor) }
+
+// AddTransaction creates a transaction as POST /v1/customers/{id}/balance_transactions
+// would, updates the customer's balance, records the events Stripe sends
+// (customer.updated, and invoice.paid, credit_note.created or
+// checkout.session.completed when the type implies one) and delivers them.
+func (e *Emulator) AddTransaction(account, customer string, amount int64, typ string) (Txn, error) {
+	if amount == 0 {
+		return Txn{}, errors.New("stripeemu: amount must not be zero")
+	}
+	if typ == "" {
+		typ = "adjustment"
+	}
+	e.mu.Lock()
+	c, err := e.lookup(account, customer)
+	if err != nil {
+		e.mu.Unlock()
+		return Txn{}, err
+	}
+	var floor int64
+	if n := len(c.txns); n > 0 {
+		floor = c.txns[n-1].Created + 1
+	}
+	a := e.accounts[account]
+	t := e.appendTxn(a, c, draw{typ, amount}, now(floor))
+	evs := e.txnEvents(a, c, t, true)
+	out := t.export()
+	e.mu.Unlock()
+	e.deliver(exportEvents(evs))
+	return out, nil
+}
+
+// AddCustomer creates a customer without transactions in account and
+// delivers its customer.created event.
+func (e *Emulator) AddCustomer(account string) (Customer, error) {
+	e.mu.Lock()
+	a, ok := e.accounts[account]
+	if !ok {
+		e.mu.Unlock()
+		return Customer{}, fmt.Errorf("account %q: %w", account, ErrNotFound)
+	}
+	var floor int64
+	if n := len(a.customers); n > 0 {
+		floor = a.customers[n-1].Created
+	}
+	c := e.newCustomer(a, now(floor))
+	ev := e.recordEvent(a, c, "customer.created", c.Created, c.raw, nil, true)
+	out := c.Customer
+	e.mu.Unlock()
+	e.deliver([]Event{ev.Event})
+	return out, nil
+}
+
+// EditDescription changes a transaction's description ("" clears it) as
+// POST /v1/customers/{id}/balance_transactions/{txn} would: Stripe sends no
+// event for it, so neither does the emulator.
+func (e *Emulator) EditDescription(account, customer, txnID, desc string) (Txn, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c, err := e.lookup(account, customer)
+	if err != nil {
+		return Txn{}, err
+	}
+	t, ok := c.txnByID[txnID]
+	if !ok {
+		return Txn{}, fmt.Errorf("transaction %q of customer %q: %w", txnID, customer, ErrNotFound)
+	}
+	// Replace rather than mutate: readers may still hold the old record's Raw.
+	nt := &txn{Txn: t.Txn, seq: t.seq}
+	nt.Description = nil
+	if desc != "" {
+		nt.Description = ptr(desc)
+	}
+	nt.Raw = marshalTxn(&nt.Txn)
+	i, _ := slices.BinarySearchFunc(c.txns, t, byKey)
+	c.txns[i] = nt
+	c.txnByID[txnID] = nt
+	return nt.export(), nil
+}
+
+func exportEvents(evs []*event) []Event {
+	out := make([]Event, len(evs))
+	for i, ev := range evs {
+		out[i] = ev.Event
+	}
+	return out
+}

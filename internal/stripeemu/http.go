@@ -1,0 +1,382 @@
+package stripeemu
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Path kinds counted by Requests.
+const (
+	KindCustomers           = "customers"            // GET /v1/customers
+	KindCustomer            = "customer"             // GET /v1/customers/{id}
+	KindBalanceTransactions = "balance_transactions" // GET /v1/customers/{id}/balance_transactions
+	KindBalanceTransaction  = "balance_transaction"  // GET /v1/customers/{id}/balance_transactions/{txn}
+	KindEvents              = "events"
+	KindAccounts            = "accounts"
+	KindOther               = "other"
+)
+
+func (e *Emulator) routes() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/customers", e.listCustomers)
+	mux.HandleFunc("GET /v1/customers/{id}", e.getCustomer)
+	mux.HandleFunc("GET /v1/customers/{id}/balance_transactions", e.listTxns)
+	mux.HandleFunc("GET /v1/customers/{id}/balance_transactions/{txn}", e.getTxn)
+	mux.HandleFunc("GET /v1/events", e.listEvents)
+	mux.HandleFunc("GET /v1/accounts", e.listAccounts)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, &apiError{status: http.StatusNotFound, Type: "invalid_request_error",
+			Message: fmt.Sprintf("Unrecognized request URL (%s: %s). Please see https://stripe.com/docs or we can help at https://support.stripe.com/.", r.Method, r.URL.Path)})
+	})
+	return mux
+}
+
+func pathKind(path string) string {
+	rest, ok := strings.CutPrefix(path, "/v1/")
+	if !ok {
+		return KindOther
+	}
+	parts := strings.Split(strings.TrimSuffix(rest, "/"), "/")
+	switch {
+	case parts[0] == "events" && len(parts) == 1:
+		return KindEvents
+	case parts[0] == "accounts" && len(parts) == 1:
+		return KindAccounts
+	case parts[0] != "customers":
+		return KindOther
+	case len(parts) == 1:
+		return KindCustomers
+	case len(parts) == 2:
+		return KindCustomer
+	case len(parts) == 3 && parts[2] == "balance_transactions":
+		return KindBalanceTransactions
+	case len(parts) == 4 && parts[2] == "balance_transactions":
+		return KindBalanceTransaction
+	}
+	return KindOther
+}
+
+// ServeHTTP counts the request, waits the latency, checks the key and the
+// Stripe-Account header, injects faults, then serves the route.
+func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	e.counters.total.Add(1)
+	e.counters.byKind[pathKind(r.URL.Path)].Add(1)
+	h := w.Header()
+	h.Set("Request-Id", fmt.Sprintf("req_emu%010d", e.reqSeq.Add(1)))
+	h.Set("Stripe-Version", APIVersion)
+	if d := time.Duration(e.latency.Load()); d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-r.Context().Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+	if err := checkKey(r); err != nil {
+		writeError(w, err)
+		return
+	}
+	if acct := r.Header.Get("Stripe-Account"); acct != "" {
+		if _, ok := e.accounts[acct]; !ok || acct == "" {
+			writeError(w, &apiError{status: http.StatusForbidden, Type: "invalid_request_error",
+				Code:    "account_invalid",
+				Message: fmt.Sprintf("The provided key does not have access to account '%s' (or that account does not exist). Application access may have been revoked.", acct)})
+			return
+		}
+	}
+	switch e.fault() {
+	case http.StatusTooManyRequests:
+		e.counters.throttled.Add(1)
+		writeError(w, &apiError{status: http.StatusTooManyRequests, Type: "invalid_request_error",
+			Code: "rate_limit", DocURL: "https://stripe.com/docs/error-codes/rate-limit",
+			Message: "Too many requests hit the API too quickly. We recommend an exponential backoff of your requests."})
+		return
+	case http.StatusInternalServerError:
+		e.counters.failed.Add(1)
+		writeError(w, &apiError{status: http.StatusInternalServerError, Type: "api_error",
+			Message: "An unknown error occurred"})
+		return
+	}
+	e.mux.ServeHTTP(w, r)
+}
+
+func checkKey(r *http.Request) *apiError {
+	key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		key, _, _ = r.BasicAuth()
+	}
+	if key == "" {
+		return &apiError{status: http.StatusUnauthorized, Type: "invalid_request_error",
+			Message: "You did not provide an API key. You need to provide your API key in the Authorization header, using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY'). See https://stripe.com/docs/api#authentication for details, or we can help at https://support.stripe.com/."}
+	}
+	for _, p := range []string{"sk_test_", "sk_live_", "rk_test_", "rk_live_"} {
+		if len(key) > len(p) && strings.HasPrefix(key, p) {
+			return nil
+		}
+	}
+	masked := key
+	if len(masked) > 8 {
+		masked = masked[:8] + strings.Repeat("*", 4) + masked[len(masked)-4:]
+	}
+	return &apiError{status: http.StatusUnauthorized, Type: "invalid_request_error",
+		Message: "Invalid API Key provided: " + masked}
+}
+
+// apiError is Stripe's error body.
+type apiError struct {
+	status  int
+	Code    string `json:"code,omitempty"`
+	DocURL  string `json:"doc_url,omitempty"`
+	Message string `json:"message"`
+	Param   string `json:"param,omitempty"`
+	Type    string `json:"type"`
+}
+
+func invalidParam(param, msg string) *apiError {
+	return &apiError{status: http.StatusBadRequest, Type: "invalid_request_error", Param: param, Message: msg}
+}
+
+func missing(kind, id, param string) *apiError {
+	return &apiError{status: http.StatusNotFound, Type: "invalid_request_error", Code: "resource_missing",
+		DocURL: "https://stripe.com/docs/error-codes/resource-missing", Param: param,
+		Message: fmt.Sprintf("No such %s: '%s'", kind, id)}
+}
+
+func writeError(w http.ResponseWriter, e *apiError) {
+	body, _ := json.Marshal(struct {
+		Error *apiError `json:"error"`
+	}{e})
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(e.status)
+	w.Write(append(body, '\n'))
+}
+
+func writeJSON(w http.ResponseWriter, body []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(body)
+}
+
+// account resolves the Stripe-Account header (already validated).
+func (e *Emulator) account(r *http.Request) *account {
+	return e.accounts[r.Header.Get("Stripe-Account")]
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+
+func writeList(w http.ResponseWriter, data [][]byte, hasMore bool, path string) {
+	bp := bufPool.Get().(*[]byte)
+	*bp = appendList((*bp)[:0], data, hasMore, path)
+	writeJSON(w, *bp)
+	bufPool.Put(bp)
+}
+
+// serveList answers a list request: sel picks the page from the request's
+// account under the read lock; the body is written after it is released.
+func (e *Emulator) serveList(w http.ResponseWriter, r *http.Request, path string,
+	sel func(a *account, lq listQuery) ([][]byte, bool, *apiError)) {
+	lq, aerr := parseList(r.URL.Query())
+	var data [][]byte
+	var more bool
+	if aerr == nil {
+		e.mu.RLock()
+		data, more, aerr = sel(e.account(r), lq)
+		e.mu.RUnlock()
+	}
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	writeList(w, data, more, path)
+}
+
+// pageOf resolves the cursors through byID, then selects a page of items.
+// An unknown cursor is Stripe's resource_missing on that parameter.
+func pageOf[T listable](items []T, byID map[string]T, lq listQuery, kind string) ([][]byte, bool, *apiError) {
+	var ck cursorKeys
+	for _, cur := range []struct {
+		id, param string
+		set       *bool
+		key       *[2]int64
+	}{
+		{lq.startingAfter, "starting_after", &ck.after, &ck.afterKey},
+		{lq.endingBefore, "ending_before", &ck.before, &ck.beforeKey},
+	} {
+		if cur.id == "" {
+			continue
+		}
+		it, ok := byID[cur.id]
+		if !ok {
+			return nil, false, badCursor(kind, cur.id, cur.param)
+		}
+		c, s := it.key()
+		*cur.set, *cur.key = true, [2]int64{c, s}
+	}
+	data, more := page(items, lq, ck)
+	return data, more, nil
+}
+
+func (e *Emulator) listTxns(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	e.serveList(w, r, "/v1/customers/"+id+"/balance_transactions", func(a *account, lq listQuery) ([][]byte, bool, *apiError) {
+		c, ok := a.customerByID[id]
+		if !ok {
+			return nil, false, missing("customer", id, "id")
+		}
+		data, more, aerr := pageOf(c.txns, c.txnByID, lq, "customer_balance_transaction")
+		if aerr == nil {
+			e.counters.customerList(a.id, id)
+		}
+		return data, more, aerr
+	})
+}
+
+func (e *Emulator) getTxn(w http.ResponseWriter, r *http.Request) {
+	id, tid := r.PathValue("id"), r.PathValue("txn")
+	e.mu.RLock()
+	c, ok := e.account(r).customerByID[id]
+	var raw []byte
+	if ok {
+		if t, ok := c.txnByID[tid]; ok {
+			raw = t.Raw
+		}
+	}
+	e.mu.RUnlock()
+	switch {
+	case !ok:
+		writeError(w, missing("customer", id, "id"))
+	case raw == nil:
+		writeError(w, missing("customer_balance_transaction", tid, "id"))
+	default:
+		writeJSON(w, raw)
+	}
+}
+
+func (e *Emulator) getCustomer(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	e.mu.RLock()
+	c, ok := e.account(r).customerByID[id]
+	var raw []byte
+	if ok {
+		raw = c.raw
+	}
+	e.mu.RUnlock()
+	if !ok {
+		writeError(w, missing("customer", id, "id"))
+		return
+	}
+	writeJSON(w, raw)
+}
+
+func (e *Emulator) listCustomers(w http.ResponseWriter, r *http.Request) {
+	e.serveList(w, r, "/v1/customers", func(a *account, lq listQuery) ([][]byte, bool, *apiError) {
+		return pageOf(a.customers, a.customerByID, lq, "customer")
+	})
+}
+
+func (e *Emulator) listEvents(w http.ResponseWriter, r *http.Request) {
+	match := typeFilter(r.URL.Query())
+	e.serveList(w, r, "/v1/events", func(a *account, lq listQuery) ([][]byte, bool, *apiError) {
+		evs := a.events
+		if match != nil {
+			evs = nil
+			for _, ev := range a.events {
+				if match(ev.Type) {
+					evs = append(evs, ev)
+				}
+			}
+		}
+		return pageOf(evs, a.eventByID, lq, "event")
+	})
+}
+
+func (e *Emulator) listAccounts(w http.ResponseWriter, r *http.Request) {
+	e.serveList(w, r, "/v1/accounts", func(a *account, lq listQuery) ([][]byte, bool, *apiError) {
+		byID := map[string]*account{}
+		var accts []*account
+		if a.id == "" { // a connected account has no connected accounts
+			for _, id := range e.accountIDs {
+				if id != "" {
+					accts = append(accts, e.accounts[id])
+					byID[id] = e.accounts[id]
+				}
+			}
+		}
+		slices.SortFunc(accts, byKey[*account])
+		return pageOf(accts, byID, lq, "account")
+	})
+}
+
+func badCursor(kind, id, param string) *apiError {
+	err := missing(kind, id, param)
+	err.status = http.StatusBadRequest
+	return err
+}
+
+// Counters are request counts since the last ResetCounters.
+type Counters struct {
+	Total     int64
+	ByKind    map[string]int64 // see the Kind… constants
+	Throttled int64            // answered 429 by fault injection
+	Failed    int64            // answered 500 by fault injection
+}
+
+type counters struct {
+	total, throttled, failed atomic.Int64
+	byKind                   map[string]*atomic.Int64 // fixed keys: lock-free
+	mu                       sync.Mutex
+	customerLists            map[[2]string]int
+}
+
+func (c *counters) init() {
+	c.byKind, c.customerLists = map[string]*atomic.Int64{}, map[[2]string]int{}
+	for _, k := range []string{KindCustomers, KindCustomer, KindBalanceTransactions,
+		KindBalanceTransaction, KindEvents, KindAccounts, KindOther} {
+		c.byKind[k] = new(atomic.Int64)
+	}
+}
+
+func (c *counters) customerList(account, customer string) {
+	c.mu.Lock()
+	c.customerLists[[2]string{account, customer}]++
+	c.mu.Unlock()
+}
+
+// Requests reports the requests received since the last ResetCounters.
+func (e *Emulator) Requests() Counters {
+	c := &e.counters
+	out := Counters{Total: c.total.Load(), Throttled: c.throttled.Load(), Failed: c.failed.Load(),
+		ByKind: map[string]int64{}}
+	for k, v := range c.byKind {
+		out.ByKind[k] = v.Load()
+	}
+	return out
+}
+
+// CustomerListCalls counts the balance-transaction list pages served (200)
+// for one customer since the last ResetCounters.
+func (e *Emulator) CustomerListCalls(account, customer string) int {
+	e.counters.mu.Lock()
+	defer e.counters.mu.Unlock()
+	return e.counters.customerLists[[2]string{account, customer}]
+}
+
+// ResetCounters zeroes every request counter.
+func (e *Emulator) ResetCounters() {
+	c := &e.counters
+	c.total.Store(0)
+	c.throttled.Store(0)
+	c.failed.Store(0)
+	for _, v := range c.byKind {
+		v.Store(0)
+	}
+	c.mu.Lock()
+	clear(c.customerLists)
+	c.mu.Unlock()
+}

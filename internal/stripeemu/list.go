@@ -1,0 +1,162 @@
+package stripeemu
+
+import (
+	"net/url"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+type listable interface {
+	key() (int64, int64)
+	rawJSON() []byte
+}
+
+// listQuery is a parsed Stripe list request.
+type listQuery struct {
+	limit         int
+	startingAfter string
+	endingBefore  string
+	minCreated    int64 // inclusive
+	maxCreated    int64 // inclusive
+}
+
+// parseList reads limit, cursors and created[…] the way Stripe validates them.
+func parseList(q url.Values) (listQuery, *apiError) {
+	lq := listQuery{limit: 10, minCreated: -1 << 62, maxCreated: 1 << 62}
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return lq, invalidParam("limit", "Invalid integer: "+s)
+		}
+		if n < 1 {
+			return lq, invalidParam("limit", "This value must be greater than or equal to 1.")
+		}
+		if n > 100 {
+			return lq, invalidParam("limit", "This value must be less than or equal to 100.")
+		}
+		lq.limit = n
+	}
+	lq.startingAfter = q.Get("starting_after")
+	lq.endingBefore = q.Get("ending_before")
+	if lq.startingAfter != "" && lq.endingBefore != "" {
+		return lq, invalidParam("starting_after",
+			"You may only specify one of these parameters: ending_before, starting_after.")
+	}
+	for k, vs := range q {
+		if k != "created" && !strings.HasPrefix(k, "created[") {
+			continue
+		}
+		n, err := strconv.ParseInt(vs[0], 10, 64)
+		if err != nil {
+			return lq, invalidParam(k, "Invalid integer: "+vs[0])
+		}
+		switch k {
+		case "created":
+			lq.minCreated, lq.maxCreated = max(lq.minCreated, n), min(lq.maxCreated, n)
+		case "created[gte]":
+			lq.minCreated = max(lq.minCreated, n)
+		case "created[gt]":
+			lq.minCreated = max(lq.minCreated, n+1)
+		case "created[lte]":
+			lq.maxCreated = min(lq.maxCreated, n)
+		case "created[lt]":
+			lq.maxCreated = min(lq.maxCreated, n-1)
+		default:
+			return lq, invalidParam(k, "Received unknown parameter: "+k)
+		}
+	}
+	return lq, nil
+}
+
+// cursorKeys are the (created, seq) keys of the cursors, found by lookup.
+type cursorKeys struct {
+	after, before       bool
+	afterKey, beforeKey [2]int64
+}
+
+// page selects one newest-first page from items, which are ascending by
+// (created, seq). A cursor is located by its key, so it need not be in items
+// itself (a filtered event list still pages from an event of another type).
+func page[T listable](items []T, lq listQuery, ck cursorKeys) (out [][]byte, hasMore bool) {
+	n := len(items)
+	lo := sort.Search(n, func(i int) bool { c, _ := items[i].key(); return c >= lq.minCreated })
+	hi := sort.Search(n, func(i int) bool { c, _ := items[i].key(); return c > lq.maxCreated })
+	if ck.after { // strictly older than the cursor
+		hi = min(hi, sort.Search(n, func(i int) bool { return !keyLess(items[i], ck.afterKey) }))
+	}
+	if ck.before { // strictly newer than the cursor
+		lo = max(lo, sort.Search(n, func(i int) bool { return keyLess2(ck.beforeKey, items[i]) }))
+	}
+	if lo >= hi {
+		return nil, false
+	}
+	var sel []T
+	if ck.before {
+		end := min(lo+lq.limit, hi)
+		sel, hasMore = items[lo:end], end < hi
+	} else {
+		start := max(hi-lq.limit, lo)
+		sel, hasMore = items[start:hi], start > lo
+	}
+	out = make([][]byte, len(sel))
+	for i, it := range sel {
+		out[len(sel)-1-i] = it.rawJSON()
+	}
+	return out, hasMore
+}
+
+func keyLess[T listable](it T, k [2]int64) bool {
+	c, s := it.key()
+	return c < k[0] || (c == k[0] && s < k[1])
+}
+
+func keyLess2[T listable](k [2]int64, it T) bool {
+	c, s := it.key()
+	return k[0] < c || (k[0] == c && k[1] < s)
+}
+
+// appendList writes a Stripe list object around pre-marshalled items.
+func appendList(buf []byte, data [][]byte, hasMore bool, path string) []byte {
+	buf = append(buf, `{"object":"list","data":[`...)
+	for i, d := range data {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, d...)
+	}
+	buf = append(buf, `],"has_more":`...)
+	buf = strconv.AppendBool(buf, hasMore)
+	buf = append(buf, `,"url":`...)
+	buf = strconv.AppendQuote(buf, path)
+	return append(buf, '}')
+}
+
+// typeFilter reads /v1/events' type (with * wildcards) and types[] filters.
+func typeFilter(q url.Values) func(string) bool {
+	var types []string
+	for k, vs := range q {
+		if k == "types" || strings.HasPrefix(k, "types[") {
+			types = append(types, vs...)
+		}
+	}
+	pattern := q.Get("type")
+	if len(types) == 0 && pattern == "" {
+		return nil
+	}
+	return func(t string) bool {
+		if len(types) > 0 && !slices.Contains(types, t) {
+			return false
+		}
+		return pattern == "" || wildcardMatch(pattern, t)
+	}
+}
+
+func wildcardMatch(pattern, s string) bool {
+	prefix, rest, found := strings.Cut(pattern, "*")
+	if !found {
+		return pattern == s
+	}
+	return strings.HasPrefix(s, prefix) && strings.HasSuffix(s[len(prefix):], rest)
+}
