@@ -233,15 +233,27 @@ func now(floor int64) int64 { return max(time.Now().Unix(), floor) }
 // would, updates the customer's balance, records the events Stripe sends
 // (customer.updated, and invoice.paid, credit_note.created or
 // checkout.session.completed when the type implies one) and delivers them.
-func (e *Emulator) AddTransaction(account, customer string, amount int64, typ string) (Txn, error) {
+func (e *Emulator) AddTransaction(account, customerID string, amount int64, typ string) (Txn, error) {
 	if amount == 0 {
 		return Txn{}, errors.New("stripeemu: amount must not be zero")
 	}
 	if typ == "" {
 		typ = "adjustment"
 	}
+	return e.addTransaction(account, customerID, func(*customer) draw { return draw{typ, amount} })
+}
+
+// RandomTransaction is AddTransaction with a type and amount drawn from the
+// seeded generator, as the seeded history was.
+func (e *Emulator) RandomTransaction(account, customerID string) (Txn, error) {
+	return e.addTransaction(account, customerID, func(c *customer) draw {
+		return e.gen.amountFor(false, c.Currency)
+	})
+}
+
+func (e *Emulator) addTransaction(account, customerID string, next func(*customer) draw) (Txn, error) {
 	e.mu.Lock()
-	c, err := e.lookup(account, customer)
+	c, err := e.lookup(account, customerID)
 	if err != nil {
 		e.mu.Unlock()
 		return Txn{}, err
@@ -251,7 +263,7 @@ func (e *Emulator) AddTransaction(account, customer string, amount int64, typ st
 		floor = c.txns[n-1].Created + 1
 	}
 	a := e.accounts[account]
-	t := e.appendTxn(a, c, draw{typ, amount}, now(floor))
+	t := e.appendTxn(a, c, next(c), now(floor))
 	evs := e.txnEvents(a, c, t, true)
 	out := t.export()
 	e.mu.Unlock()

@@ -94,10 +94,10 @@ func (e *Emulator) txnEvents(a *account, c *customer, t *txn, fromAPI bool) []*e
 
 // DeliveryStats counts webhook deliveries.
 type DeliveryStats struct {
-	Attempts  int64 // POSTs sent
-	Delivered int64 // events answered 2xx
-	Failed    int64 // events given up after every retry
-	Pending   int64 // events queued or being retried
+	Attempts  int64 `json:"attempts"`  // POSTs sent
+	Delivered int64 `json:"delivered"` // events answered 2xx
+	Failed    int64 `json:"failed"`    // events given up after every retry
+	Pending   int64 `json:"pending"`   // events queued or being retried
 }
 
 type deliveries struct {

@@ -321,10 +321,10 @@ func badCursor(kind, id, param string) *apiError {
 
 // Counters are request counts since the last ResetCounters.
 type Counters struct {
-	Total     int64
-	ByKind    map[string]int64 // see the Kind… constants
-	Throttled int64            // answered 429 by fault injection
-	Failed    int64            // answered 500 by fault injection
+	Total     int64            `json:"total"`
+	ByKind    map[string]int64 `json:"by_kind"`   // see the Kind… constants
+	Throttled int64            `json:"throttled"` // answered 429 by fault injection
+	Failed    int64            `json:"failed"`    // answered 500 by fault injection
 }
 
 type counters struct {
