@@ -85,6 +85,9 @@ func expandableID(raw json.RawMessage) (*string, string) {
 		if err := json.Unmarshal(raw, &s); err != nil {
 			return nil, "malformed string"
 		}
+		if s == "" {
+			return nil, "empty id"
+		}
 		return &s, ""
 	case '{':
 		var obj struct {
