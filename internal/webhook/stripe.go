@@ -1,0 +1,227 @@
+package webhook
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/stripe/stripe-go/v82/webhook"
+
+	"github.com/syncd/syncd/internal/metrics"
+	"github.com/syncd/syncd/internal/row"
+)
+
+// StripeSignatureHeader carries Stripe's timestamp and signatures.
+const StripeSignatureHeader = "Stripe-Signature"
+
+const providerStripe = "stripe"
+
+// stripeTxnObject is the object an event may carry that becomes a row itself.
+const stripeTxnObject = "customer_balance_transaction"
+
+// StripeOptions configure the Stripe route.
+type StripeOptions struct {
+	Common
+	// Secrets are the endpoint's whsec_… secrets; a delivery signed with
+	// any of them is accepted (rotation keeps two live at once).
+	Secrets []string
+	// Tolerance bounds the signed timestamp's age and its skew into the
+	// future; 0 means 5 minutes.
+	Tolerance time.Duration
+	// TriggerTypes are the event types that mark the customer they name
+	// dirty. Other types are stored in the intake log and answered 200.
+	TriggerTypes []string
+	// Dirty is told about each customer a durable trigger event names.
+	Dirty Dirtier
+}
+
+// Stripe returns the handler of POST /webhooks/stripe.
+func Stripe(opts StripeOptions) http.Handler {
+	s := newStripeAccepter(opts)
+	return newRoute(providerStripe, opts.Common, s.accept)
+}
+
+type stripeAccepter struct {
+	secrets   []string
+	tolerance time.Duration
+	triggers  map[string]bool
+	dirty     Dirtier
+}
+
+func newStripeAccepter(opts StripeOptions) *stripeAccepter {
+	s := &stripeAccepter{secrets: opts.Secrets, tolerance: opts.Tolerance, triggers: map[string]bool{}, dirty: opts.Dirty}
+	if s.tolerance <= 0 {
+		s.tolerance = webhook.DefaultTolerance
+	}
+	for _, t := range opts.TriggerTypes {
+		s.triggers[t] = true
+	}
+	return s
+}
+
+// stripeEnvelope is the part of an event syncd reads; data.object stays raw.
+type stripeEnvelope struct {
+	ID         string  `json:"id"`
+	Type       string  `json:"type"`
+	Account    string  `json:"account"`
+	Livemode   bool    `json:"livemode"`
+	Created    int64   `json:"created"`
+	APIVersion *string `json:"api_version"`
+	Data       struct {
+		Object json.RawMessage `json:"object"`
+	} `json:"data"`
+}
+
+// stripeObjectHead is what routing needs from data.object.
+type stripeObjectHead struct {
+	Object   string          `json:"object"`
+	ID       string          `json:"id"`
+	Customer json.RawMessage `json:"customer"`
+}
+
+var errFutureTimestamp = errors.New("timestamp is further in the future than the tolerance")
+
+// verifyStripe checks header against every secret with stripe-go, which
+// refuses stale timestamps, and refuses future ones itself.
+func verifyStripe(body []byte, header string, secrets []string, tolerance time.Duration, now time.Time) error {
+	if header == "" {
+		return webhook.ErrNotSigned
+	}
+	err := webhook.ErrNoValidSignature
+	for _, secret := range secrets {
+		// ValidatePayload is what ConstructEventWithOptions checks, without
+		// its decode into stripe.Event: the body is decoded once, below.
+		err = webhook.ValidatePayloadWithTolerance(body, header, secret, tolerance)
+		if !errors.Is(err, webhook.ErrNoValidSignature) {
+			break // verified, or a fault of the header that no secret changes
+		}
+	}
+	if err != nil {
+		return err
+	}
+	signedAt, ok := signedTimestamp(header)
+	if !ok {
+		return webhook.ErrInvalidHeader
+	}
+	if signedAt.Sub(now) > tolerance {
+		return errFutureTimestamp
+	}
+	return nil
+}
+
+// signedTimestamp reads t= from a Stripe-Signature header.
+func signedTimestamp(header string) (time.Time, bool) {
+	for part := range strings.SplitSeq(header, ",") {
+		if v, ok := strings.CutPrefix(part, "t="); ok {
+			sec, err := strconv.ParseInt(v, 10, 64)
+			return time.Unix(sec, 0), err == nil
+		}
+	}
+	return time.Time{}, false
+}
+
+func (s *stripeAccepter) accept(header http.Header, body []byte, now time.Time) (*delivery, error) {
+	if err := verifyStripe(body, header.Get(StripeSignatureHeader), s.secrets, s.tolerance, now); err != nil {
+		return nil, badSignature(stripeSigReason(err))
+	}
+	var ev stripeEnvelope
+	if err := json.Unmarshal(body, &ev); err != nil {
+		return nil, badRequest("malformed event JSON")
+	}
+	switch {
+	case ev.ID == "":
+		return nil, badRequest("event has no id")
+	case ev.Type == "":
+		return nil, badRequest("event has no type")
+	case ev.Created <= 0:
+		return nil, badRequest("event has no created time")
+	}
+	var obj stripeObjectHead
+	if raw := bytes.TrimSpace(ev.Data.Object); len(raw) == 0 || raw[0] != '{' || json.Unmarshal(raw, &obj) != nil {
+		return nil, badRequest("event has no data.object")
+	}
+
+	created := time.Unix(ev.Created, 0).UTC()
+	d := &delivery{id: ev.ID, typ: ev.Type, account: ev.Account, writes: make([]write, 0, 2)}
+	intake := row.StripeEvent{
+		ID: ev.ID, Type: ev.Type, AccountID: ev.Account, Livemode: ev.Livemode, Created: created,
+		Payload: body, ReceivedAt: now,
+	}
+	if ev.APIVersion != nil {
+		intake.APIVersion = *ev.APIVersion
+	}
+
+	switch {
+	case obj.Object == stripeTxnObject:
+		id := ev.ID
+		txn, err := row.NormalizeStripe(ev.Data.Object, row.Meta{
+			AccountID: ev.Account, Source: row.SourceWebhook, EventID: &id, ObservedAt: created,
+		})
+		if err != nil {
+			return nil, badRequest(err.Error())
+		}
+		d.typeLabel = stripeTxnObject
+		d.writes = append(d.writes, write{row.StripeTxnTable, txn.Values()})
+	case s.triggers[ev.Type]:
+		intake.Customer = stripeCustomer(&obj)
+		if intake.Customer != "" && s.dirty != nil {
+			account, customer := ev.Account, intake.Customer
+			d.afterCommit = func() { s.dirty.MarkDirty(account, customer) }
+		}
+	default:
+		d.ignored = true
+	}
+	if d.typeLabel == "" {
+		d.typeLabel = metrics.EventType(providerStripe, ev.Type)
+	}
+	d.writes = append(d.writes, write{row.StripeEventTable, intake.Values()})
+	return d, nil
+}
+
+// stripeCustomer is the customer a trigger event's object names: the object
+// itself for a customer, else its customer field (an id or an expanded
+// customer). "" when it names none.
+func stripeCustomer(obj *stripeObjectHead) string {
+	if obj.Object == "customer" {
+		return obj.ID
+	}
+	raw := bytes.TrimSpace(obj.Customer)
+	if len(raw) == 0 {
+		return ""
+	}
+	var ref struct {
+		ID string `json:"id"`
+	}
+	switch raw[0] {
+	case '"':
+		var id string
+		if json.Unmarshal(raw, &id) == nil {
+			return id
+		}
+	case '{':
+		if json.Unmarshal(raw, &ref) == nil {
+			return ref.ID
+		}
+	}
+	return ""
+}
+
+// stripeSigReason says why a signature was refused, without quoting it.
+func stripeSigReason(err error) string {
+	switch {
+	case errors.Is(err, webhook.ErrNotSigned):
+		return "missing " + StripeSignatureHeader + " header"
+	case errors.Is(err, webhook.ErrTooOld):
+		return "signed timestamp is older than the tolerance"
+	case errors.Is(err, errFutureTimestamp):
+		return "signed timestamp is further in the future than the tolerance"
+	case errors.Is(err, webhook.ErrInvalidHeader):
+		return "malformed " + StripeSignatureHeader + " header"
+	default:
+		return "no signature matches a configured secret"
+	}
+}

@@ -1,0 +1,196 @@
+// Package webhook receives provider webhooks over HTTP: it verifies each
+// delivery, makes it durable through the sink, and only then answers 200.
+package webhook
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/syncd/syncd/internal/metrics"
+	"github.com/syncd/syncd/internal/sink"
+)
+
+// MaxBodyBytes is the largest body a webhook route reads; larger ones get 413.
+const MaxBodyBytes = 1 << 20
+
+// DefaultAckTimeout is how long a request waits for ClickHouse to commit its
+// rows before it answers 503 and lets the provider retry.
+const DefaultAckTimeout = 10 * time.Second
+
+// Writer queues rows for ClickHouse without blocking; *sink.Sink is one.
+type Writer interface {
+	TryWrite(t sink.Table, rows ...[]any) (*sink.Ack, error)
+}
+
+// Dirtier is told which customer to re-read once an event naming it is
+// durable. It must not block.
+type Dirtier interface {
+	MarkDirty(account, customer string)
+}
+
+// Common is what every webhook route shares.
+type Common struct {
+	Sink       Writer           // required
+	Metrics    *metrics.Metrics // nil: a private registry
+	Logger     *zap.Logger      // nil: no logs
+	AckTimeout time.Duration    // 0: DefaultAckTimeout
+}
+
+// delivery is what a provider makes of one verified request: the rows that
+// must be durable before the 200, and what to do once they are.
+type delivery struct {
+	id, typ, account string // for logs
+	typeLabel        string // syncd_events_total's type
+	ignored          bool   // stored in the intake log only
+	writes           []write
+	afterCommit      func()
+}
+
+type write struct {
+	table sink.Table
+	row   []any
+}
+
+// rejection is a request refused before anything was written. reason is
+// sent to the client and logged, so it never quotes the body or a secret.
+type rejection struct {
+	status  int
+	outcome string
+	reason  string
+}
+
+func (r *rejection) Error() string { return r.reason }
+
+func badSignature(reason string) *rejection {
+	return &rejection{http.StatusBadRequest, metrics.OutcomeBadSig, reason}
+}
+
+func badRequest(reason string) *rejection {
+	return &rejection{http.StatusBadRequest, metrics.OutcomeBadRequest, reason}
+}
+
+// acceptFunc verifies and decodes one request body. It returns a
+// *rejection for anything the client got wrong.
+type acceptFunc func(header http.Header, body []byte, now time.Time) (*delivery, error)
+
+// route is the provider-independent skeleton of a webhook route: method,
+// size limit, durable write, acknowledgement wait, status code, metrics.
+type route struct {
+	provider string
+	Common
+	accept acceptFunc
+}
+
+func newRoute(provider string, c Common, accept acceptFunc) *route {
+	if c.Metrics == nil {
+		c.Metrics = metrics.New()
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.AckTimeout <= 0 {
+		c.AckTimeout = DefaultAckTimeout
+	}
+	c.Logger = c.Logger.With(zap.String("provider", provider))
+	return &route{provider: provider, Common: c, accept: accept}
+}
+
+var bodies = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	outcome := rt.serve(w, r, start)
+	rt.Metrics.WebhookRequests.WithLabelValues(rt.provider, outcome).Inc()
+	rt.Metrics.WebhookAck.Observe(time.Since(start).Seconds())
+}
+
+func (rt *route) serve(w http.ResponseWriter, r *http.Request, start time.Time) string {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		return rt.refuse(w, &rejection{http.StatusMethodNotAllowed, metrics.OutcomeMethod, "use POST"})
+	}
+	tooLarge := &rejection{http.StatusRequestEntityTooLarge, metrics.OutcomeTooLarge, "body over 1 MiB"}
+	if r.ContentLength > MaxBodyBytes {
+		return rt.refuse(w, tooLarge)
+	}
+	buf := bodies.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer func() {
+		if buf.Cap() <= 64<<10 {
+			bodies.Put(buf)
+		}
+	}()
+	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, MaxBodyBytes)); err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return rt.refuse(w, tooLarge)
+		}
+		return rt.refuse(w, badRequest("could not read the body"))
+	}
+
+	d, err := rt.accept(r.Header, buf.Bytes(), start)
+	if err != nil {
+		rej, ok := errors.AsType[*rejection](err)
+		if !ok {
+			rej = badRequest(err.Error())
+		}
+		return rt.refuse(w, rej)
+	}
+	rt.Metrics.Events.WithLabelValues(rt.provider, d.typeLabel).Inc()
+	log := rt.Logger.With(zap.String("event_id", d.id), zap.String("type", d.typ), zap.String("account", d.account))
+
+	if err := rt.commit(r.Context(), d.writes); err != nil {
+		log.Warn("webhook not durable; answered 503 so the provider retries",
+			zap.String("outcome", metrics.OutcomeUnavailable), zap.Error(err))
+		http.Error(w, "not stored; retry later", http.StatusServiceUnavailable)
+		return metrics.OutcomeUnavailable
+	}
+	if d.afterCommit != nil {
+		d.afterCommit()
+	}
+	outcome := metrics.OutcomeOK
+	if d.ignored {
+		outcome = metrics.OutcomeIgnored
+	}
+	if ce := log.Check(zap.DebugLevel, "webhook stored"); ce != nil {
+		ce.Write(zap.String("outcome", outcome), zap.Duration("took", time.Since(start)))
+	}
+	w.WriteHeader(http.StatusOK)
+	return outcome
+}
+
+// commit queues every write and waits until all are committed, the ack
+// timeout passes, or the client goes away.
+func (rt *route) commit(ctx context.Context, writes []write) error {
+	var stack [2]*sink.Ack
+	acks := stack[:0]
+	for _, wr := range writes {
+		ack, err := rt.Sink.TryWrite(wr.table, wr.row)
+		if err != nil {
+			// Rows already queued may still commit: harmless, the retry
+			// writes them again and ReplacingMergeTree keeps one.
+			return err
+		}
+		acks = append(acks, ack)
+	}
+	ctx, cancel := context.WithTimeout(ctx, rt.AckTimeout)
+	defer cancel()
+	for _, ack := range acks {
+		if err := ack.Wait(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (rt *route) refuse(w http.ResponseWriter, rej *rejection) string {
+	rt.Logger.Info("webhook refused", zap.Int("status", rej.status),
+		zap.String("outcome", rej.outcome), zap.String("reason", rej.reason))
+	http.Error(w, rej.reason, rej.status)
+	return rej.outcome
+}
