@@ -1,0 +1,143 @@
+package backfill
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/syncd/syncd/internal/row"
+	"github.com/syncd/syncd/internal/stripeemu"
+)
+
+func startRefresher(t *testing.T, w *warehouse, src *StripeSource) (*Refresher, func()) {
+	t.Helper()
+	r := NewRefresher(RefresherOptions{Source: src, Sink: w.sink, Conn: w.conn, Metrics: w.m, Logger: testLogger(t),
+		Workers: 4, RetryInitial: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = r.Run(ctx) }()
+	stop := func() { cancel(); wg.Wait() }
+	t.Cleanup(stop)
+	return r, stop
+}
+
+func customersWith(e *stripeemu.Emulator, account string, minTxns int) []stripeemu.Customer {
+	var out []stripeemu.Customer
+	for _, c := range e.Customers() {
+		if c.Account == account && c.Transactions >= minTxns {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func TestRefreshCoalescesBurstsAndConverges(t *testing.T) {
+	w := newWarehouse(t, 10000)
+	emu, url := newEmulator(t, stripeemu.Config{Seed: 7, Customers: 30, Accounts: []string{"", "acct_1Conn"}, HeavyCustomers: []int{250}})
+	r, _ := startRefresher(t, w, newSource(t, url, w.m, 0))
+
+	heavy := customersWith(emu, "", 250)[0]
+	conn := customersWith(emu, "acct_1Conn", 1)[0]
+	for range 50 {
+		r.MarkDirty("", heavy.ID)
+		r.MarkDirty("acct_1Conn", conn.ID)
+	}
+	waitFor(t, 20*time.Second, "the refresher to go idle", r.Idle)
+	// 250 transactions are three pages; a burst of 50 marks costs one or two reads of them.
+	if n := emu.CustomerListCalls("", heavy.ID); n < 3 || n > 6 {
+		t.Errorf("burst of 50 marks cost %d list calls for a 3-page customer; want 3 to 6", n)
+	}
+	assertMirrors(t, w.conn, append(emu.TruthFor("", heavy.ID), emu.TruthFor("acct_1Conn", conn.ID)...))
+
+	// New transactions: an incremental read, from the newest id held.
+	emu.ResetCounters()
+	for range 3 {
+		if _, err := emu.AddTransaction("", heavy.ID, -500, "adjustment"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 50 {
+		r.MarkDirty("", heavy.ID)
+	}
+	waitFor(t, 20*time.Second, "the refresher to go idle", r.Idle)
+	if n := emu.CustomerListCalls("", heavy.ID); n < 1 || n > 2 {
+		t.Errorf("incremental refresh after a burst of 50 marks cost %d list calls; want 1 or 2", n)
+	}
+	assertMirrors(t, w.conn, append(emu.TruthFor("", heavy.ID), emu.TruthFor("acct_1Conn", conn.ID)...))
+
+	var src string
+	if err := w.conn.QueryRow(context.Background(), `SELECT any(_source) FROM stripe_customer_balance_transactions`).Scan(&src); err != nil {
+		t.Fatal(err)
+	}
+	if src != row.SourceRefresh {
+		t.Errorf("_source = %q, want %q", src, row.SourceRefresh)
+	}
+}
+
+func TestRefreshRetriesThroughFaults(t *testing.T) {
+	w := newWarehouse(t, 10000)
+	emu, url := newEmulator(t, stripeemu.Config{Seed: 8, Customers: 20, Rate429: 0.3, Rate500: 0.2})
+	r, _ := startRefresher(t, w, newSource(t, url, w.m, 0))
+	for _, c := range emu.Customers() {
+		r.MarkDirty("", c.ID)
+	}
+	waitFor(t, 30*time.Second, "the refresher to go idle", r.Idle)
+	assertMirrors(t, w.conn, emu.Truth())
+}
+
+// A refresh owed by an acknowledged event survives a restart: it is derived
+// from stripe_events and stripe_refreshes alone.
+func TestRefreshRecoversWhatAcknowledgedEventsOwe(t *testing.T) {
+	w := newWarehouse(t, 10000)
+	emu, url := newEmulator(t, stripeemu.Config{Seed: 9, Customers: 10, Accounts: []string{"", "acct_1Conn"}})
+	owed := customersWith(emu, "", 1)[0]
+	owedConn := customersWith(emu, "acct_1Conn", 1)[0]
+	done := customersWith(emu, "", 1)[1]
+
+	ctx := context.Background()
+	now := time.Now()
+	var rows [][]any
+	for i, c := range []stripeemu.Customer{owed, owedConn, done} {
+		ev := &row.StripeEvent{ID: "evt_" + c.ID, Type: "customer.updated", AccountID: c.Account, Created: now.Add(-time.Minute),
+			Customer: c.ID, Payload: []byte(`{}`), ReceivedAt: now.Add(-time.Duration(3+i) * time.Second)}
+		rows = append(rows, ev.Values())
+	}
+	ack, err := w.sink.Write(ctx, row.StripeEventTable, rows...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// done was refreshed after its event arrived. (A refresh claims one
+	// second less than its start, so events are dated a few seconds back:
+	// one received in the second a refresh started is owed once more.)
+	ack2, err := w.sink.Write(ctx, refreshTable, refreshRow("", done.ID, now.Add(time.Minute), now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ack.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := ack2.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	r, stop := startRefresher(t, w, newSource(t, url, w.m, 0))
+	waitFor(t, 20*time.Second, "owed refreshes to run", func() bool {
+		return emu.CustomerListCalls("", owed.ID) > 0 && emu.CustomerListCalls("acct_1Conn", owedConn.ID) > 0 && r.Idle()
+	})
+	if n := emu.CustomerListCalls("", done.ID); n != 0 {
+		t.Errorf("a customer refreshed after its last event was read %d times at start-up", n)
+	}
+	assertMirrors(t, w.conn, append(emu.TruthFor("", owed.ID), emu.TruthFor("acct_1Conn", owedConn.ID)...))
+	stop()
+
+	// A second start owes nothing more.
+	emu.ResetCounters()
+	r, _ = startRefresher(t, w, newSource(t, url, w.m, 0))
+	time.Sleep(300 * time.Millisecond)
+	waitFor(t, 5*time.Second, "idle", r.Idle)
+	if n := emu.Requests().Total; n != 0 {
+		t.Errorf("restart after completed refreshes sent %d requests; want 0", n)
+	}
+}

@@ -1,0 +1,444 @@
+package backfill
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	stripe "github.com/stripe/stripe-go/v82"
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+
+	"github.com/syncd/syncd/internal/metrics"
+	"github.com/syncd/syncd/internal/row"
+	"github.com/syncd/syncd/internal/sink"
+)
+
+// Retry is syncd's own retry policy for source requests: exponential
+// backoff with full jitter on 429, 5xx and network errors. A request that
+// has failed Attempts times, or for longer than MaxElapsed, fails.
+type Retry struct {
+	Initial    time.Duration // first delay [500ms]
+	Max        time.Duration // longest delay [20s]
+	Attempts   int           // attempts in all [8]
+	MaxElapsed time.Duration // give up after this long [2m]
+}
+
+func (r *Retry) defaults() {
+	if r.Initial <= 0 {
+		r.Initial = 500 * time.Millisecond
+	}
+	if r.Max <= 0 {
+		r.Max = 20 * time.Second
+	}
+	if r.Attempts <= 0 {
+		r.Attempts = 8
+	}
+	if r.MaxElapsed <= 0 {
+		r.MaxElapsed = 2 * time.Minute
+	}
+}
+
+// delay is the wait before attempt n+1 (n ≥ 1): full jitter over an
+// exponentially growing ceiling, so that many workers throttled at once do
+// not come back in step.
+func (r *Retry) delay(n int) time.Duration {
+	ceil := r.Initial << min(n-1, 20)
+	if ceil > r.Max || ceil <= 0 {
+		ceil = r.Max
+	}
+	return ceil/2 + rand.N(ceil/2+1)
+}
+
+// StripeOptions configure a StripeSource.
+type StripeOptions struct {
+	APIKey     string
+	URL        string  // base URL; "" means https://api.stripe.com
+	RateLimit  float64 // requests per second for the whole process; 0 means unlimited
+	Retry      Retry
+	HTTPClient *http.Client // nil: a client with pooled connections and a 60s timeout
+	Metrics    *metrics.Metrics
+	Logger     *zap.Logger
+}
+
+// StripeSource reads the Stripe API through stripe-go's backend, keeping
+// every object's raw JSON. One StripeSource is shared by every worker of a
+// process: its token bucket is the process-wide rate limit.
+type StripeSource struct {
+	backend stripe.RawRequestBackend
+	key     string
+	limiter *rate.Limiter
+	limit   float64
+	retry   Retry
+	m       *metrics.Metrics
+	log     *zap.Logger
+
+	requests atomic.Int64
+	retries  atomic.Int64
+}
+
+// NewStripeSource returns a source for o.URL with o.APIKey.
+func NewStripeSource(o StripeOptions) *StripeSource {
+	o.Retry.defaults()
+	if o.Metrics == nil {
+		o.Metrics = metrics.New()
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	if o.URL == "" {
+		o.URL = "https://api.stripe.com"
+	}
+	hc := o.HTTPClient
+	if hc == nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxIdleConns = 512
+		t.MaxIdleConnsPerHost = 256
+		hc = &http.Client{Timeout: 60 * time.Second, Transport: t}
+	}
+	// The transport wrapper records each attempt's status, which stripe-go
+	// does not expose for error bodies it cannot parse.
+	base := hc.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	wrapped := *hc
+	wrapped.Transport = statusTransport{base}
+	backend := stripe.GetBackendWithConfig(stripe.APIBackend, &stripe.BackendConfig{
+		HTTPClient:        &wrapped,
+		URL:               stripe.String(strings.TrimRight(o.URL, "/")),
+		MaxNetworkRetries: stripe.Int64(0), // retried once, here, and counted
+		LeveledLogger:     &stripe.LeveledLogger{Level: stripe.LevelNull},
+		EnableTelemetry:   stripe.Bool(false),
+	}).(stripe.RawRequestBackend)
+	s := &StripeSource{backend: backend, key: o.APIKey, retry: o.Retry, m: o.Metrics, log: o.Logger, limit: o.RateLimit}
+	if o.RateLimit > 0 {
+		s.limiter = rate.NewLimiter(rate.Limit(o.RateLimit), 1)
+	} else {
+		s.limiter = rate.NewLimiter(rate.Inf, 1)
+	}
+	return s
+}
+
+// Provider is "stripe".
+func (s *StripeSource) Provider() string { return "stripe" }
+
+// RateLimit is the configured requests per second (0: unlimited).
+func (s *StripeSource) RateLimit() float64 { return s.limit }
+
+// Stats reports the HTTP requests sent (retries included) and the retries.
+func (s *StripeSource) Stats() (requests, retries int64) {
+	return s.requests.Load(), s.retries.Load()
+}
+
+// RequestError is a source request that failed for good: a permanent error
+// (4xx other than 429), or a transient one that outlasted the retry policy.
+type RequestError struct {
+	Path     string // method and path, never the key
+	Status   int    // last HTTP status; 0 when there was no response
+	Code     string // Stripe's error code, e.g. resource_missing
+	Param    string // the parameter Stripe blames, if any
+	Attempts int
+	Elapsed  time.Duration
+	Err      error
+}
+
+func (e *RequestError) Error() string {
+	what := "no response"
+	if e.Status != 0 {
+		what = "HTTP " + strconv.Itoa(e.Status)
+	}
+	if e.Attempts > 1 {
+		return fmt.Sprintf("GET %s: %s after %d attempts over %s: %v", e.Path, what, e.Attempts, e.Elapsed.Round(time.Millisecond), e.Err)
+	}
+	return fmt.Sprintf("GET %s: %s: %v", e.Path, what, e.Err)
+}
+
+func (e *RequestError) Unwrap() error { return e.Err }
+
+// NotFound reports whether err is the API saying the object does not exist.
+func NotFound(err error) bool {
+	var re *RequestError
+	return errors.As(err, &re) && re.Status == http.StatusNotFound
+}
+
+// ErrCursorGone is returned by Transactions when the cursor id is unknown.
+var ErrCursorGone = errors.New("cursor object no longer exists")
+
+type attemptKey struct{}
+
+// attempt is filled by statusTransport for the request that carries it.
+type attempt struct {
+	status     int
+	retryAfter time.Duration
+}
+
+type statusTransport struct{ base http.RoundTripper }
+
+func (t statusTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := t.base.RoundTrip(r)
+	if a, ok := r.Context().Value(attemptKey{}).(*attempt); ok && resp != nil {
+		a.status = resp.StatusCode
+		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
+			a.retryAfter = time.Duration(s) * time.Second
+		}
+	}
+	return resp, err
+}
+
+// get sends GET path (query included) as account ("" for the key's own),
+// retrying transient failures, and returns the body and when it arrived.
+func (s *StripeSource) get(ctx context.Context, endpoint, account, path string) ([]byte, time.Time, error) {
+	start := time.Now()
+	for n := 1; ; n++ {
+		if err := s.limiter.Wait(ctx); err != nil {
+			return nil, time.Time{}, err
+		}
+		a := &attempt{}
+		params := &stripe.RawParams{}
+		params.Context = context.WithValue(ctx, attemptKey{}, a)
+		if account != "" {
+			params.SetStripeAccount(account)
+		}
+		t0 := time.Now()
+		resp, err := s.backend.RawRequest(http.MethodGet, path, s.key, "", params)
+		arrived := time.Now()
+		s.requests.Add(1)
+		s.m.SourceSeconds.WithLabelValues("stripe").Observe(arrived.Sub(t0).Seconds())
+		status := a.status
+		if err == nil && resp != nil {
+			status = resp.StatusCode
+		}
+		s.m.SourceRequests.WithLabelValues("stripe", endpoint, metrics.Code(status)).Inc()
+		if err == nil && status < 300 {
+			return resp.RawJSON, arrived, nil
+		}
+		if ctx.Err() != nil {
+			return nil, time.Time{}, ctx.Err()
+		}
+		if err == nil {
+			err = fmt.Errorf("unexpected status %d", status)
+		}
+		re := &RequestError{Path: path, Status: status, Attempts: n, Elapsed: time.Since(start), Err: s.redact(err)}
+		var se *stripe.Error
+		if errors.As(err, &se) {
+			re.Code, re.Param = string(se.Code), se.Param
+			re.Err = errors.New(s.redact(errors.New(se.Msg)).Error())
+		}
+		transient := status == 0 || status == http.StatusTooManyRequests || status >= 500
+		if status == 0 {
+			var ne net.Error
+			transient = errors.As(err, &ne) || errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), "EOF") ||
+				strings.Contains(err.Error(), "connection")
+		}
+		if !transient || n >= s.retry.Attempts || time.Since(start) >= s.retry.MaxElapsed {
+			return nil, time.Time{}, re
+		}
+		wait := max(s.retry.delay(n), a.retryAfter)
+		s.retries.Add(1)
+		s.log.Debug("source request failed; retrying", zap.String("path", path), zap.Int("status", status),
+			zap.Int("attempt", n), zap.Duration("retry_in", wait), zap.Error(re.Err))
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, time.Time{}, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (s *StripeSource) redact(err error) error {
+	if s.key != "" && len(s.key) >= 8 && strings.Contains(err.Error(), s.key) {
+		return errors.New(strings.ReplaceAll(err.Error(), s.key, "[redacted]"))
+	}
+	return err
+}
+
+type listBody struct {
+	Data    []json.RawMessage `json:"data"`
+	HasMore bool              `json:"has_more"`
+}
+
+func (s *StripeSource) list(ctx context.Context, endpoint, account, path string, q url.Values) (Page, error) {
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	body, at, err := s.get(ctx, endpoint, account, path)
+	if err != nil {
+		return Page{}, err
+	}
+	var lb listBody
+	if err := json.Unmarshal(body, &lb); err != nil {
+		return Page{}, fmt.Errorf("GET %s: decode list: %w", path, err)
+	}
+	return Page{Items: lb.Data, HasMore: lb.HasMore, ObservedAt: at}, nil
+}
+
+// ListCustomers returns one page of account's customers, newest first,
+// after the customer startingAfter ("" for the first page).
+func (s *StripeSource) ListCustomers(ctx context.Context, account, startingAfter string) (Page, error) {
+	q := url.Values{"limit": {"100"}}
+	if startingAfter != "" {
+		q.Set("starting_after", startingAfter)
+	}
+	return s.list(ctx, "customers", account, "/v1/customers", q)
+}
+
+// ListTransactions returns one page of a customer's balance transactions,
+// newest first. With endingBefore set it is the page immediately newer
+// than that transaction; with startingAfter, the page older than it.
+func (s *StripeSource) ListTransactions(ctx context.Context, account, customer, startingAfter, endingBefore string) (Page, error) {
+	q := url.Values{"limit": {"100"}}
+	if startingAfter != "" {
+		q.Set("starting_after", startingAfter)
+	}
+	if endingBefore != "" {
+		q.Set("ending_before", endingBefore)
+	}
+	return s.list(ctx, "balance_transactions", account, "/v1/customers/"+url.PathEscape(customer)+"/balance_transactions", q)
+}
+
+// GetCustomer returns the customer object's raw JSON.
+func (s *StripeSource) GetCustomer(ctx context.Context, account, customer string) (json.RawMessage, error) {
+	body, _, err := s.get(ctx, "customer", account, "/v1/customers/"+url.PathEscape(customer))
+	return body, err
+}
+
+// ListEvents returns one page of account's events of the given types
+// created at or after since, newest first.
+func (s *StripeSource) ListEvents(ctx context.Context, account string, since time.Time, types []string, startingAfter string) (Page, error) {
+	q := url.Values{"limit": {"100"}, "created[gte]": {strconv.FormatInt(since.Unix(), 10)}}
+	for _, t := range types {
+		q.Add("types[]", t)
+	}
+	if startingAfter != "" {
+		q.Set("starting_after", startingAfter)
+	}
+	return s.list(ctx, "events", account, "/v1/events", q)
+}
+
+// ListAccounts returns one page of the platform's connected accounts.
+func (s *StripeSource) ListAccounts(ctx context.Context, startingAfter string) (Page, error) {
+	q := url.Values{"limit": {"100"}}
+	if startingAfter != "" {
+		q.Set("starting_after", startingAfter)
+	}
+	return s.list(ctx, "accounts", "", "/v1/accounts", q)
+}
+
+// Accounts lists every connected account id.
+func (s *StripeSource) Accounts(ctx context.Context) ([]string, error) {
+	var out []string
+	cursor := ""
+	for {
+		p, err := s.ListAccounts(ctx, cursor)
+		if err != nil {
+			return nil, fmt.Errorf("list connected accounts: %w", err)
+		}
+		for _, it := range p.Items {
+			id, err := itemID(it)
+			if err != nil || id == "" {
+				return nil, fmt.Errorf("list connected accounts: an item has no id")
+			}
+			out = append(out, id)
+			cursor = id
+		}
+		if !p.HasMore || len(p.Items) == 0 {
+			return out, nil
+		}
+	}
+}
+
+// CustomerPage implements Lister.
+func (s *StripeSource) CustomerPage(ctx context.Context, account, cursor string) ([]string, string, error) {
+	p, err := s.ListCustomers(ctx, account, cursor)
+	if err != nil {
+		return nil, "", err
+	}
+	ids := make([]string, 0, len(p.Items))
+	for _, it := range p.Items {
+		id, err := itemID(it)
+		if err != nil || id == "" {
+			return nil, "", fmt.Errorf("list customers of %s: an item has no id", accountName(account))
+		}
+		ids = append(ids, id)
+	}
+	next := ""
+	if p.HasMore && len(ids) > 0 {
+		next = ids[len(ids)-1]
+	}
+	return ids, next, nil
+}
+
+// Transactions implements Lister. Without sinceID it walks from the newest
+// page back (starting_after the last id of each page). With sinceID it
+// walks forward in time: ending_before=sinceID returns the page just newer
+// than it, newest first, so the first id of each page is the next cursor.
+func (s *StripeSource) Transactions(ctx context.Context, account, customer, sinceID string, fn func(Page) error) (string, error) {
+	newest := sinceID
+	after, before := "", sinceID
+	for first := true; ; first = false {
+		p, err := s.ListTransactions(ctx, account, customer, after, before)
+		if err != nil {
+			var re *RequestError
+			if sinceID != "" && errors.As(err, &re) && re.Param == "ending_before" &&
+				(re.Status == http.StatusBadRequest || re.Status == http.StatusNotFound) {
+				return "", fmt.Errorf("%w: %v", ErrCursorGone, err)
+			}
+			return "", err
+		}
+		if len(p.Items) > 0 {
+			if err := fn(p); err != nil {
+				return "", err
+			}
+			firstID, err := itemID(p.Items[0])
+			if err != nil || firstID == "" {
+				return "", fmt.Errorf("list balance transactions of %s: an item has no id", customer)
+			}
+			lastID, err := itemID(p.Items[len(p.Items)-1])
+			if err != nil || lastID == "" {
+				return "", fmt.Errorf("list balance transactions of %s: an item has no id", customer)
+			}
+			if sinceID != "" {
+				newest, before = firstID, firstID
+			} else {
+				if first {
+					newest = firstID
+				}
+				after = lastID
+			}
+		}
+		if !p.HasMore || len(p.Items) == 0 {
+			return newest, nil
+		}
+	}
+}
+
+func accountName(account string) string {
+	if account == "" {
+		return "the platform account"
+	}
+	return "account " + account
+}
+
+// Table implements Lister.
+func (s *StripeSource) Table() sink.Table { return row.StripeTxnTable }
+
+// Row implements Lister with the one Stripe normaliser.
+func (s *StripeSource) Row(raw []byte, m row.Meta) ([]any, error) {
+	r, err := row.NormalizeStripe(raw, m)
+	if err != nil {
+		return nil, err
+	}
+	return r.Values(), nil
+}
