@@ -1,0 +1,371 @@
+package sink_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/shopspring/decimal"
+
+	"github.com/syncd/syncd/internal/chtest"
+	"github.com/syncd/syncd/internal/row"
+	"github.com/syncd/syncd/internal/sink"
+)
+
+func TestMain(m *testing.M) { chtest.Main(m) }
+
+func migrated(t testing.TB, dsn string) driver.Conn {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := sink.Open(ctx, dsn, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, err := sink.Migrate(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
+
+func fixture(t testing.TB, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile("../row/testdata/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func stripeRow(t testing.TB, id string, amount int64, observed time.Time) *row.StripeTxn {
+	t.Helper()
+	raw := fmt.Sprintf(`{"id":%q,"object":"customer_balance_transaction","amount":%d,"checkout_session":null,"created":1680216086,
+"credit_note":null,"currency":"usd","customer":"cus_1","customer_account":null,"description":null,"ending_balance":%d,
+"invoice":null,"livemode":false,"metadata":{},"type":"adjustment"}`, id, amount, amount)
+	r, err := row.NormalizeStripe([]byte(raw), row.Meta{Source: row.SourceBackfill, ObservedAt: observed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func write(t testing.TB, s *sink.Sink, tbl sink.Table, rows ...[]any) {
+	t.Helper()
+	ack, err := s.TryWrite(tbl, rows...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := ack.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Every column comes back as written, NULLs included.
+func TestRoundTripEveryColumn(t *testing.T) {
+	conn := migrated(t, chtest.DSN(t))
+	s := sink.New(conn, sink.Options{})
+	defer s.Close(context.Background())
+	ctx := context.Background()
+	observed := time.Date(2026, 11, 23, 3, 0, 0, 0, time.UTC)
+
+	for _, name := range []string{"stripe_documented.json", "stripe_expanded.json"} {
+		ev := "evt_9"
+		want, err := row.NormalizeStripe(fixture(t, name), row.Meta{AccountID: "acct_9", Source: row.SourceWebhook, EventID: &ev, ObservedAt: observed})
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(t, s, row.StripeTxnTable, want.Values())
+		var got row.StripeTxn
+		var livemode uint8
+		var raw string
+		err = conn.QueryRow(ctx, `SELECT account_id, id, livemode, customer, customer_account, amount, currency, created, type,
+			description, ending_balance, invoice, credit_note, checkout_session, metadata.key, metadata.value, _raw, _source,
+			_event_id, _observed_at, _version, _synced_at FROM stripe_customer_balance_transactions FINAL WHERE id = ?`, want.ID).Scan(
+			&got.AccountID, &got.ID, &livemode, &got.Customer, &got.CustomerAccount, &got.Amount, &got.Currency, &got.Created,
+			&got.Type, &got.Description, &got.EndingBalance, &got.Invoice, &got.CreditNote, &got.CheckoutSession,
+			&got.MetadataKeys, &got.MetadataValues, &raw, &got.Source, &got.EventID, &got.ObservedAt, &got.Version, &got.SyncedAt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got.Livemode, got.Raw = livemode == 1, []byte(raw)
+		want.SyncedAt = want.SyncedAt.Truncate(time.Second)
+		for _, tm := range []*time.Time{&got.Created, &got.ObservedAt, &got.SyncedAt} {
+			*tm = tm.UTC()
+		}
+		if !reflect.DeepEqual(&got, want) {
+			t.Errorf("%s:\n got %+v\nwant %+v", name, got, *want)
+		}
+	}
+
+	// Orb: decimals exact, NULLs kept.
+	for _, amount := range []string{"0.000000000001", "123456789012345.5", "-42.125", "11.00"} {
+		raw := fmt.Sprintf(`{"id":"o-%s","action":"manual_adjustment","amount":%q,"created_at":"2024-03-27T15:42:29.551",
+"credit_note":null,"description":null,"ending_balance":%q,"invoice":{"id":"inv"},"starting_balance":"0","type":"increment"}`, amount, amount, amount)
+		want, err := row.NormalizeOrb([]byte(raw), row.OrbCustomer{ID: "c1", Currency: "USD"}, row.Meta{Source: row.SourceBackfill, ObservedAt: observed})
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(t, s, row.OrbTxnTable, want.Values())
+		var got row.OrbTxn
+		err = conn.QueryRow(ctx, `SELECT id, customer_id, external_customer_id, amount, ending_balance, description, invoice_id, credit_note_id, created_at
+			FROM orb_customer_balance_transactions FINAL WHERE id = ?`, want.ID).Scan(
+			&got.ID, &got.CustomerID, &got.ExternalCustomerID, &got.Amount, &got.EndingBalance, &got.Description, &got.InvoiceID, &got.CreditNoteID, &got.CreatedAt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !got.Amount.Equal(decimal.RequireFromString(amount)) || !got.EndingBalance.Equal(want.EndingBalance) {
+			t.Errorf("amount %s came back as %s", amount, got.Amount)
+		}
+		if got.ExternalCustomerID != nil || got.Description != nil || got.CreditNoteID != nil || got.InvoiceID == nil || *got.InvoiceID != "inv" {
+			t.Errorf("nullable columns: %+v", got)
+		}
+		if !got.CreatedAt.Equal(time.Date(2024, 3, 27, 15, 42, 29, 0, time.UTC)) {
+			t.Errorf("created_at = %v", got.CreatedAt)
+		}
+	}
+}
+
+// A later observation wins, whatever order the writes arrive in.
+func TestLaterObservationWins(t *testing.T) {
+	conn := migrated(t, chtest.DSN(t))
+	s := sink.New(conn, sink.Options{})
+	defer s.Close(context.Background())
+	t0 := time.Now()
+	// Written twice, identical: one row.
+	write(t, s, row.StripeTxnTable, stripeRow(t, "cbtxn_dup", 100, t0).Values())
+	write(t, s, row.StripeTxnTable, stripeRow(t, "cbtxn_dup", 100, t0).Values())
+	// The newer observation first, the older second: the newer stays.
+	write(t, s, row.StripeTxnTable, stripeRow(t, "cbtxn_order", 200, t0.Add(time.Second)).Values())
+	write(t, s, row.StripeTxnTable, stripeRow(t, "cbtxn_order", 100, t0).Values())
+	rows, err := conn.Query(context.Background(), "SELECT id, amount FROM stripe_customer_balance_transactions FINAL ORDER BY id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	got := map[string]int64{}
+	n := 0
+	for rows.Next() {
+		var id string
+		var amount int64
+		if err := rows.Scan(&id, &amount); err != nil {
+			t.Fatal(err)
+		}
+		got[id] = amount
+		n++
+	}
+	if n != 2 || got["cbtxn_dup"] != 100 || got["cbtxn_order"] != 200 {
+		t.Errorf("FINAL gave %d rows %v; want cbtxn_dup=100, cbtxn_order=200", n, got)
+	}
+}
+
+func TestQueueFullIsAnError(t *testing.T) {
+	conn := migrated(t, chtest.DSN(t))
+	s := sink.New(conn, sink.Options{QueueRows: 10, BatchRows: 10, FlushInterval: time.Hour})
+	r := stripeRow(t, "cbtxn_q", 1, time.Now()).Values()
+	rows := make([][]any, 10)
+	for i := range rows {
+		rows[i] = r
+	}
+	ack, err := s.TryWrite(row.StripeTxnTable, rows[:6]...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.TryWrite(row.StripeTxnTable, rows[:6]...); !errors.Is(err, sink.ErrQueueFull) {
+		t.Fatalf("want ErrQueueFull, got %v", err)
+	}
+	// Close sends what lingered, and the acknowledged write commits.
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := ack.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.TryWrite(row.StripeTxnTable, r); !errors.Is(err, sink.ErrClosed) {
+		t.Fatalf("write after Close: want ErrClosed, got %v", err)
+	}
+}
+
+func TestRowShapeChecked(t *testing.T) {
+	conn := migrated(t, chtest.DSN(t))
+	s := sink.New(conn, sink.Options{})
+	defer s.Close(context.Background())
+	if _, err := s.TryWrite(row.StripeTxnTable, []any{"too", "short"}); err == nil {
+		t.Fatal("a row with the wrong number of values must be refused")
+	}
+	if s.Queued() != 0 {
+		t.Fatalf("refused rows still count as queued: %d", s.Queued())
+	}
+}
+
+// ClickHouse stops mid-stream and comes back: every acknowledged row is
+// there, and the writer recovered without a restart.
+func TestClickHouseRestartLosesNothingAcknowledged(t *testing.T) {
+	srv := chtest.Private(t)
+	conn := migrated(t, srv.DSN("outage"))
+	s := sink.New(conn, sink.Options{MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, InsertTimeout: 5 * time.Second})
+
+	var mu sync.Mutex
+	var acked []string
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			id := fmt.Sprintf("cbtxn_%06d", i)
+			ack, err := s.TryWrite(row.StripeTxnTable, stripeRow(t, id, int64(i), time.Now()).Values())
+			if err != nil {
+				continue // refused: never acknowledged, the provider would retry
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if ack.Err() == nil {
+					mu.Lock()
+					acked = append(acked, id)
+					mu.Unlock()
+				}
+			}()
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	mu.Lock()
+	before := len(acked)
+	mu.Unlock()
+	if err := srv.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := s.Close(ctx); err != nil {
+		t.Fatalf("Close after recovery: %v", err)
+	}
+	wg.Wait()
+	if len(acked) <= before {
+		t.Fatalf("no writes were acknowledged after the restart (%d before, %d after)", before, len(acked))
+	}
+	have := map[string]bool{}
+	rows, err := conn.Query(context.Background(), "SELECT id FROM stripe_customer_balance_transactions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id string
+		_ = rows.Scan(&id)
+		have[id] = true
+	}
+	rows.Close()
+	missing := 0
+	for _, id := range acked {
+		if !have[id] {
+			missing++
+		}
+	}
+	if missing > 0 {
+		t.Fatalf("%d of %d acknowledged rows are missing", missing, len(acked))
+	}
+	t.Logf("%d rows acknowledged across the restart, all present", len(acked))
+}
+
+// Close gives up at its deadline when ClickHouse stays down, and says how
+// much was not written; the waiting writers see the failure.
+func TestCloseReportsWhatCouldNotBeWritten(t *testing.T) {
+	srv := chtest.Private(t)
+	conn := migrated(t, srv.DSN("down"))
+	s := sink.New(conn, sink.Options{MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, InsertTimeout: time.Second})
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	ack, err := s.TryWrite(row.StripeTxnTable, stripeRow(t, "cbtxn_lost", 1, time.Now()).Values())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	err = s.Close(ctx)
+	if err == nil {
+		t.Fatal("Close must report rows it could not write")
+	}
+	t.Log(err)
+	if ack.Err() == nil {
+		t.Fatal("the writer of an unwritten row must not see success")
+	}
+}
+
+func TestMigrateTwiceAndConcurrently(t *testing.T) {
+	dsn := chtest.DSN(t)
+	ctx := context.Background()
+	schemaOf := func(conn driver.Conn) string {
+		rows, err := conn.Query(ctx, "SELECT name, replaceAll(create_table_query, currentDatabase(), 'DB') FROM system.tables WHERE database = currentDatabase() ORDER BY name")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		out := ""
+		for rows.Next() {
+			var name, q string
+			_ = rows.Scan(&name, &q)
+			out += q + "\n"
+		}
+		return out
+	}
+	conn := migrated(t, dsn)
+	first := schemaOf(conn)
+	again, err := sink.Migrate(ctx, conn)
+	if err != nil || len(again) != 0 {
+		t.Fatalf("second migrate applied %v, err %v", again, err)
+	}
+	if schemaOf(conn) != first {
+		t.Fatal("second migrate changed the schema")
+	}
+	if err := sink.SchemaCurrent(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+
+	// Two migrators at once against a fresh database.
+	fresh := chtest.DSN(t)
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := sink.Open(ctx, fresh, true)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer c.Close()
+			_, errs[i] = sink.Migrate(ctx, c)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatalf("concurrent migrate: %v", err)
+		}
+	}
+	c := migrated(t, fresh)
+	if schemaOf(c) != first {
+		t.Fatal("concurrent migrations gave a different schema")
+	}
+}
