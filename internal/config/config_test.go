@@ -1,0 +1,128 @@
+package config
+
+import (
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+var now = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+
+func parse(t *testing.T, cmd string, args []string, env map[string]string) (*Config, error) {
+	t.Helper()
+	return Parse(cmd, args, func(k string) string { return env[k] }, io.Discard, now)
+}
+
+func TestPrecedenceFlagOverEnvOverDefault(t *testing.T) {
+	c, err := parse(t, CmdServe, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != ":8080" || c.AdminListen != ":9090" || c.ClickHouseDSN != "clickhouse://127.0.0.1:9000/syncd" || c.WebhookTolerance != 5*time.Minute {
+		t.Errorf("defaults: %+v", c)
+	}
+	env := map[string]string{"SYNCD_LISTEN": ":1", "SYNCD_STRIPE_API_KEY": "sk_test_env", "SYNCD_STRIPE_WEBHOOK_SECRET": "whsec_a,whsec_b"}
+	c, err = parse(t, CmdServe, []string{"--listen", ":2"}, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != ":2" || c.StripeAPIKey != "sk_test_env" || strings.Join(c.StripeWebhookSecrets, " ") != "whsec_a whsec_b" {
+		t.Errorf("got listen %q key %q secrets %v", c.Listen, c.StripeAPIKey, c.StripeWebhookSecrets)
+	}
+	// A repeated flag replaces the environment's list rather than adding to it.
+	c, err = parse(t, CmdServe, []string{"--stripe-webhook-secret", "whsec_c", "--stripe-webhook-secret", "whsec_d"}, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(c.StripeWebhookSecrets, " ") != "whsec_c whsec_d" {
+		t.Errorf("secrets = %v", c.StripeWebhookSecrets)
+	}
+}
+
+func TestSecretFiles(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "key")
+	secrets := filepath.Join(dir, "secrets")
+	os.WriteFile(key, []byte("sk_live_fromfile\n"), 0o600)
+	os.WriteFile(secrets, []byte("whsec_one\nwhsec_two\n"), 0o600)
+	c, err := parse(t, CmdServe, []string{"--stripe-api-key-file", key, "--stripe-webhook-secret-file", secrets}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.StripeAPIKey != "sk_live_fromfile" || len(c.StripeWebhookSecrets) != 2 {
+		t.Errorf("key %q secrets %v", c.StripeAPIKey, c.StripeWebhookSecrets)
+	}
+	if c.RateLimitFor(Stripe) != 80 {
+		t.Errorf("live key rate limit = %v, want 80", c.RateLimitFor(Stripe))
+	}
+	_, err = parse(t, CmdServe, []string{"--stripe-api-key-file", filepath.Join(dir, "missing")}, nil)
+	var ue *UsageError
+	if !errors.As(err, &ue) {
+		t.Errorf("missing secret file: want a usage error, got %v", err)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, tt := range []struct {
+		cmd  string
+		args []string
+		want string
+	}{
+		{CmdBackfill, []string{"--provider", "paypal", "--stripe-api-key", "sk_test_x"}, "--provider"},
+		{CmdBackfill, nil, "--stripe-api-key"},
+		{CmdBackfill, []string{"--stripe-api-key", "sk_test_x", "--since", "yesterday"}, "--since"},
+		{CmdBackfill, []string{"--stripe-api-key", "sk_test_x", "--since", "36h", "--full"}, "cannot be combined"},
+		{CmdBackfill, []string{"--stripe-api-key", "sk_test_x", "--stripe-accounts", "bogus"}, "acct_"},
+		{CmdServe, []string{"--stripe-webhook-secret", "whsec_x"}, "--stripe-api-key is required"},
+		{CmdServe, []string{"--stripe-api-key", "sk_test_x", "--stripe-webhook-secret", "nope"}, "whsec_"},
+		{CmdServe, []string{"--log-format", "xml"}, "--log-format"},
+		{CmdServe, []string{"--no-such-flag"}, "no-such-flag"},
+		{CmdMigrate, []string{"extra"}, "unexpected argument"},
+		{"frobnicate", nil, "unknown command"},
+	} {
+		_, err := parse(t, tt.cmd, tt.args, nil)
+		var ue *UsageError
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s %v: got %v, want a usage error mentioning %q", tt.cmd, tt.args, err, tt.want)
+		}
+	}
+	if _, err := parse(t, CmdServe, []string{"--help"}, nil); !errors.Is(err, ErrHelp) {
+		t.Errorf("--help: %v", err)
+	}
+	// A bad value from the environment names the variable.
+	_, err := parse(t, CmdServe, nil, map[string]string{"SYNCD_WEBHOOK_TOLERANCE": "soon"})
+	if err == nil || !strings.Contains(err.Error(), "SYNCD_WEBHOOK_TOLERANCE") {
+		t.Errorf("bad env: %v", err)
+	}
+}
+
+func TestBackfillSettings(t *testing.T) {
+	c, err := parse(t, CmdBackfill, []string{"--stripe-api-key", "rk_test_x", "--customer", "cus_1,cus_2", "--customer", "cus_3",
+		"--since", "36h", "--stripe-accounts", "acct_1,all", "--rate-limit", "12.5"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Customers) != 3 || !c.Since.Equal(now.Add(-36*time.Hour)) || !c.StripeAllAccounts ||
+		len(c.StripeAccounts) != 1 || c.RateLimitFor(Stripe) != 12.5 {
+		t.Errorf("got %+v", c)
+	}
+	c, _ = parse(t, CmdBackfill, []string{"--stripe-api-key", "sk_test_x", "--since", "2026-11-20T00:00:00Z"}, nil)
+	if c.Since != time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC) || c.RateLimitFor(Stripe) != 20 || c.RateLimitFor(Orb) != 40 {
+		t.Errorf("since %v rate %v", c.Since, c.RateLimitFor(Stripe))
+	}
+	if _, err := ParseSince("2030-01-01T00:00:00Z", now); err == nil {
+		t.Error("a future --since must be refused")
+	}
+}
+
+func TestRedact(t *testing.T) {
+	c := &Config{StripeAPIKey: "sk_live_supersecret", StripeWebhookSecrets: []string{"whsec_abcdefgh"}}
+	got := c.Redact("auth with sk_live_supersecret and whsec_abcdefgh failed")
+	if strings.Contains(got, "supersecret") || strings.Contains(got, "abcdefgh") {
+		t.Errorf("not redacted: %s", got)
+	}
+}
