@@ -36,6 +36,7 @@ type command struct {
 // commands is the table of subcommands; version takes no configuration.
 var commands = map[string]command{
 	config.CmdMigrate: {"apply schema migrations (idempotent; creates the database)", runMigrate},
+	config.CmdServe:   {"receive webhooks, refresh dirty customers, write to ClickHouse; drains on SIGTERM", runServe},
 }
 
 // exitError carries a process exit code other than 1.

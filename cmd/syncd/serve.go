@@ -1,0 +1,285 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"go.uber.org/zap"
+
+	"github.com/syncd/syncd/internal/backfill"
+	"github.com/syncd/syncd/internal/config"
+	"github.com/syncd/syncd/internal/metrics"
+	"github.com/syncd/syncd/internal/sink"
+	"github.com/syncd/syncd/internal/webhook"
+)
+
+// webhookRoutes is the public listener's route table.
+func webhookRoutes(cfg *config.Config, common webhook.Common, dirty webhook.Dirtier) http.Handler {
+	mux := http.NewServeMux()
+	if len(cfg.StripeWebhookSecrets) > 0 {
+		mux.Handle("/webhooks/stripe", webhook.Stripe(webhook.StripeOptions{
+			Common:       common,
+			Secrets:      cfg.StripeWebhookSecrets,
+			Tolerance:    cfg.WebhookTolerance,
+			TriggerTypes: backfill.TriggerTypes,
+			Dirty:        dirty,
+		}))
+	}
+	return mux
+}
+
+// adminRoutes is the admin listener's route table; pprof is served here only.
+func adminRoutes(m *metrics.Metrics, ready *readiness) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.Handle("GET /readyz", ready)
+	mux.Handle("GET /metrics", m.Handler())
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+// runServe receives webhooks until ctx ends, then drains: it stops
+// accepting, lets in-flight requests finish, stops the refresher and
+// flushes the sink, all within --shutdown-timeout.
+func runServe(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) error {
+	m := metrics.New()
+	stripeOn := len(cfg.StripeWebhookSecrets) > 0
+	log.Info("sources",
+		zap.Bool("stripe_webhooks", stripeOn), zap.Int("stripe_webhook_secrets", len(cfg.StripeWebhookSecrets)),
+		zap.Bool("stripe_refresh", stripeOn), zap.String("stripe_api_url", cfg.StripeAPIURL),
+		zap.Bool("orb_webhooks", false))
+	if !stripeOn {
+		log.Warn("no --stripe-webhook-secret: POST /webhooks/stripe is not served")
+	}
+
+	webLn, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	adminLn, err := net.Listen("tcp", cfg.AdminListen)
+	if err != nil {
+		webLn.Close()
+		return fmt.Errorf("--admin-listen: %w", err)
+	}
+
+	var (
+		store = &store{}
+		ready = &readiness{store: store}
+	)
+	common := webhook.Common{Sink: store, Metrics: m, Logger: log.Named("webhook")}
+	web := &http.Server{
+		Handler:           webhookRoutes(cfg, common, store),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          zap.NewStdLog(log.Named("http")),
+	}
+	admin := &http.Server{
+		Handler:           adminRoutes(m, ready),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          zap.NewStdLog(log.Named("admin")),
+	}
+	serveErr := make(chan error, 2)
+	go func() { serveErr <- web.Serve(webLn) }()
+	go func() { serveErr <- admin.Serve(adminLn) }()
+	log.Info("serving", zap.String("listen", webLn.Addr().String()), zap.String("admin_listen", adminLn.Addr().String()))
+
+	// ClickHouse may be down at start: keep trying rather than crash, and
+	// answer 503 (readiness false) meanwhile.
+	var (
+		refresherDone = make(chan struct{})
+		stopRefresher context.CancelFunc
+	)
+	close(refresherDone)
+	connected, connectDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(connectDone)
+		conn, err := connect(ctx, cfg.ClickHouseDSN, log)
+		if err != nil {
+			return // ctx ended
+		}
+		sk := sink.New(conn, sink.Options{
+			BatchRows: cfg.BatchRows, FlushInterval: cfg.FlushInterval, QueueRows: cfg.QueueRows,
+			Metrics: m, Logger: log.Named("sink"),
+		})
+		b := &backend{conn: conn, sink: sk}
+		if stripeOn {
+			src := backfill.NewStripeSource(backfill.StripeOptions{
+				APIKey: cfg.StripeAPIKey, URL: cfg.StripeAPIURL, RateLimit: cfg.RateLimitFor(config.Stripe),
+				Metrics: m, Logger: log.Named("stripe"),
+			})
+			b.refresher = backfill.NewRefresher(backfill.RefresherOptions{
+				Source: src, Sink: sk, Conn: conn, Metrics: m, Logger: log.Named("refresh"), Workers: cfg.RefreshWorkers,
+			})
+		}
+		store.b.Store(b)
+		close(connected)
+	}()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-serveErr:
+		runErr = fmt.Errorf("http server: %w", runErr)
+	case <-connected:
+		b := store.b.Load()
+		if b.refresher != nil {
+			var rctx context.Context
+			rctx, stopRefresher = context.WithCancel(context.WithoutCancel(ctx))
+			refresherDone = make(chan struct{})
+			go func() {
+				defer close(refresherDone)
+				if err := b.refresher.Run(rctx); err != nil {
+					log.Error("refresher stopped", zap.Error(err))
+				}
+			}()
+		}
+		select {
+		case <-ctx.Done():
+		case runErr = <-serveErr:
+			runErr = fmt.Errorf("http server: %w", runErr)
+		}
+	}
+
+	// Drain, in the order that loses nothing: no new requests, in-flight
+	// requests answered, refreshes finished, rows flushed.
+	log.Info("draining", zap.Duration("within", cfg.ShutdownTimeout))
+	ready.draining.Store(true)
+	drain, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := web.Shutdown(drain); err != nil {
+		runErr = errors.Join(runErr, fmt.Errorf("stop webhook listener: %w", err))
+	}
+	if stopRefresher != nil {
+		stopRefresher()
+	}
+	select {
+	case <-refresherDone:
+	case <-drain.Done():
+		runErr = errors.Join(runErr, errors.New("refresher did not stop within --shutdown-timeout"))
+	}
+	<-connectDone
+	if b := store.b.Load(); b != nil {
+		if err := b.sink.Close(drain); err != nil {
+			runErr = errors.Join(runErr, err)
+		}
+		b.conn.Close()
+	}
+	_ = admin.Shutdown(drain)
+	if runErr != nil {
+		return runErr
+	}
+	log.Info("drained; bye")
+	return nil
+}
+
+// connect opens ClickHouse, retrying with backoff until it answers or ctx
+// ends.
+func connect(ctx context.Context, dsn string, log *zap.Logger) (driver.Conn, error) {
+	wait := 500 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		conn, err := sink.Open(ctx, dsn, false)
+		if err == nil {
+			if attempt > 1 {
+				log.Info("clickhouse reachable", zap.Int("attempts", attempt))
+			}
+			return conn, nil
+		}
+		log.Warn("clickhouse unreachable; retrying", zap.Int("attempt", attempt), zap.Duration("retry_in", wait), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 10*time.Second)
+	}
+}
+
+// backend is what exists once ClickHouse has been reached.
+type backend struct {
+	conn      driver.Conn
+	sink      *sink.Sink
+	refresher *backfill.Refresher // nil when Stripe is off
+}
+
+// store stands in for the sink and the refresher until ClickHouse has been
+// reached: until then every write is refused, so webhooks answer 503.
+type store struct {
+	b atomic.Pointer[backend]
+}
+
+var errNotConnected = errors.New("clickhouse not reached yet")
+
+func (s *store) TryWrite(t sink.Table, rows ...[]any) (*sink.Ack, error) {
+	b := s.b.Load()
+	if b == nil {
+		return nil, errNotConnected
+	}
+	return b.sink.TryWrite(t, rows...)
+}
+
+func (s *store) MarkDirty(account, customer string) {
+	// A write committed, so the backend exists.
+	if b := s.b.Load(); b != nil && b.refresher != nil {
+		b.refresher.MarkDirty(account, customer)
+	}
+}
+
+// readiness answers /readyz: 200 only while ClickHouse answers and its
+// schema is current. The check is cached for a second so that probes do
+// not load the server.
+type readiness struct {
+	store    *store
+	draining atomic.Bool
+
+	mu      sync.Mutex
+	checked time.Time
+	err     error
+}
+
+const readyCacheFor = time.Second
+
+func (rd *readiness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if err := rd.check(r.Context()); err != nil {
+		http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ready")
+}
+
+func (rd *readiness) check(ctx context.Context) error {
+	if rd.draining.Load() {
+		return errors.New("shutting down")
+	}
+	b := rd.store.b.Load()
+	if b == nil {
+		return errNotConnected
+	}
+	rd.mu.Lock()
+	defer rd.mu.Unlock()
+	if time.Since(rd.checked) < readyCacheFor {
+		return rd.err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	rd.err = b.conn.Ping(ctx)
+	if rd.err == nil {
+		rd.err = sink.SchemaCurrent(ctx, b.conn)
+	}
+	rd.checked = time.Now()
+	return rd.err
+}
