@@ -1,0 +1,55 @@
+# syncd's developer and CI entry points. `make demo` lives elsewhere.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -X github.com/syncd/syncd/internal/version.Version=$(VERSION) -X github.com/syncd/syncd/internal/version.Commit=$(COMMIT)
+
+# staticcheck 2026.2.2; older releases do not understand Go 1.26.
+STATICCHECK_VERSION ?= v0.8.2
+DEBIAN_CLICKHOUSE ?= /usr/sbin/clickhouse-server
+BENCHTIME ?= 1s
+FUZZTIME ?= 20s
+
+.PHONY: build test lint bench fuzz check-clickhouse
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/syncd ./cmd/syncd
+
+# Tests run against a real ClickHouse: a server binary to start privately, or
+# SYNCD_TEST_CLICKHOUSE_DSN naming a running server.
+check-clickhouse:
+	@if [ -z "$${SYNCD_TEST_CLICKHOUSE_DSN:-}" ] && [ ! -x $(DEBIAN_CLICKHOUSE) ] \
+		&& ! command -v clickhouse-server >/dev/null && ! command -v clickhouse >/dev/null; then \
+		echo "make test: no ClickHouse server found (looked for $(DEBIAN_CLICKHOUSE)," >&2; \
+		echo "  and clickhouse-server or clickhouse on PATH). Either:" >&2; \
+		echo "  - Debian/Ubuntu: sudo apt-get install -y clickhouse-server clickhouse-client" >&2; \
+		echo "  - elsewhere: put the single clickhouse binary on PATH (https://clickhouse.com/docs/install)" >&2; \
+		echo "  - or point the tests at a running server: SYNCD_TEST_CLICKHOUSE_DSN=clickhouse://host:9000/default" >&2; \
+		exit 1; \
+	fi
+
+test: check-clickhouse
+	$(GO) test -race -count=1 -timeout 12m ./...
+
+lint:
+	@unformatted=$$(gofmt -l .); \
+	if [ -n "$$unformatted" ]; then echo "gofmt -l: not formatted:" >&2; echo "$$unformatted" >&2; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+bench: check-clickhouse
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./internal/...
+
+# Every Fuzz target of every package, FUZZTIME each.
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+		list=$$($(GO) test -list '^Fuzz' "$$pkg"); \
+		for target in $$(grep '^Fuzz' <<<"$$list" || true); do \
+			echo "fuzz $$pkg $$target ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) "$$pkg"; \
+		done; \
+	done
