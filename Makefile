@@ -16,8 +16,10 @@ FUZZTIME ?= 20s
 
 .PHONY: build test lint bench fuzz check-clickhouse
 
+# Static, like the image (Dockerfile): CGO_ENABLED=0 on the build line only,
+# since the race detector in `make test` needs cgo.
 build:
-	$(GO) build -ldflags '$(LDFLAGS)' -o bin/syncd ./cmd/syncd
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/syncd ./cmd/syncd
 
 # Tests run against a real ClickHouse: a server binary to start privately, or
 # SYNCD_TEST_CLICKHOUSE_DSN naming a running server.
