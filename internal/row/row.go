@@ -23,7 +23,10 @@ const (
 
 // Meta is what syncd knows about an observation besides the object itself.
 type Meta struct {
-	AccountID  string // Stripe Connect account; "" for the key's own account
+	AccountID string // Stripe Connect account; "" for the key's own account
+	// CustomerID is the customer the object was listed under. Orb's
+	// transaction does not name its customer; Stripe's does, and ignores it.
+	CustomerID string
 	Source     string
 	EventID    *string
 	ObservedAt time.Time // when the source produced this state
