@@ -34,8 +34,15 @@ check-clickhouse:
 		exit 1; \
 	fi
 
-test: check-clickhouse
-	$(GO) test -race -count=1 -timeout 12m ./...
+# Helm renders the chart in deploy/helm's tests; built once into bin/ so the
+# test run itself does not spend minutes compiling it.
+HELM_VERSION ?= v3.22.0
+bin/helm-$(HELM_VERSION):
+	GOBIN=$(CURDIR)/bin.tmp $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	mkdir -p bin && mv bin.tmp/helm $@ && rmdir bin.tmp
+
+test: check-clickhouse bin/helm-$(HELM_VERSION)
+	HELM=$(CURDIR)/bin/helm-$(HELM_VERSION) $(GO) test -race -count=1 -timeout 12m ./...
 
 lint:
 	@unformatted=$$(gofmt -l .); \
