@@ -365,8 +365,9 @@ func (w *world) lastCreated(k balanceKey) time.Time {
 
 // Every query in docs/queries.md runs on emulator data and gives the answer
 // Go computes from the same transactions; the chain check finds no break,
-// then exactly the breaks the test introduces.
-func TestDocQueriesOnEmulatorData(t *testing.T) {
+// then exactly the breaks the test introduces. The Grafana dashboard's
+// queries run on the same data.
+func TestQueriesOnEmulatorData(t *testing.T) {
 	queries := docQueries(t)
 	if len(queries) < 10 {
 		t.Fatalf("docs/queries.md has %d queries, want at least 10", len(queries))
@@ -431,6 +432,8 @@ func TestDocQueriesOnEmulatorData(t *testing.T) {
 			}
 		}
 	})
+
+	t.Run("grafana dashboard queries", func(t *testing.T) { checkDashboardQueries(t, w) })
 
 	t.Run("chain_breaks finds the breaks introduced", func(t *testing.T) {
 		// A newer observation of one Stripe transaction in the middle of a
