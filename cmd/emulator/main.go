@@ -58,13 +58,14 @@ type provider func(o options, mux *http.ServeMux) (emulator, error)
 
 var providers = map[string]provider{
 	"stripe": newStripe,
+	"orb":    newOrb,
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("emulator", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var o options
-	name := fs.String("provider", "stripe", "which API to emulate: stripe")
+	name := fs.String("provider", "stripe", "which API to emulate: stripe or orb")
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:12112", "address to serve on (port 0 picks one)")
 	fs.Int64Var(&o.seed, "seed", 1, "seed of the generated data")
 	fs.IntVar(&o.customers, "customers", 200, "generated customers per account")
