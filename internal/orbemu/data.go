@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/shopspring/decimal"
+
+	"github.com/syncd/syncd/internal/emulator"
 )
 
 type generator struct {
@@ -83,18 +85,7 @@ var (
 )
 
 func (g *generator) pick(ws []weighted) string {
-	total := 0
-	for _, w := range ws {
-		total += w.weight
-	}
-	n := g.rng.IntN(total)
-	for _, w := range ws {
-		if n < w.weight {
-			return w.action
-		}
-		n -= w.weight
-	}
-	return ws[0].action
+	return emulator.Pick(g.rng, ws, func(w weighted) int { return w.weight }).action
 }
 
 // amount draws a positive amount: mostly at the currency's precision, some

@@ -3,17 +3,16 @@
 package orbemu
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"regexp"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/shopspring/decimal"
+
+	"github.com/syncd/syncd/internal/emulator"
 )
 
 // Config describes the generated world and the faults injected into it.
@@ -102,18 +101,10 @@ type Emulator struct {
 	custIdx   map[string]int
 	events    []Event
 
-	mux     *http.ServeMux
-	faultMu sync.Mutex
-	faultR  *rand.Rand
-	rate429 float64
-	rate500 float64
-	latency atomic.Int64
-
-	counters   counters
-	deliveries deliveries
-	sem        chan struct{}
-	closing    context.Context
-	stop       context.CancelFunc
+	mux      *http.ServeMux
+	faults   *emulator.Faults
+	counters *emulator.RequestCounters[string] // list calls by customer
+	webhooks *emulator.WebhookQueue
 }
 
 // New generates the world described by cfg.
@@ -123,15 +114,6 @@ func New(cfg Config) (*Emulator, error) {
 	}
 	if cfg.RetryAfter <= 0 {
 		cfg.RetryAfter = time.Second
-	}
-	if cfg.WebhookAttempts <= 0 {
-		cfg.WebhookAttempts = 5
-	}
-	if cfg.WebhookBackoff <= 0 {
-		cfg.WebhookBackoff = 50 * time.Millisecond
-	}
-	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
 	}
 	if cfg.WebhookURL != "" && cfg.WebhookSecret == "" {
 		return nil, errors.New("orbemu: WebhookURL needs a WebhookSecret")
@@ -143,44 +125,24 @@ func New(cfg Config) (*Emulator, error) {
 		cfg:     cfg,
 		gen:     newGenerator(cfg.Seed),
 		custIdx: map[string]int{},
-		faultR:  rand.New(rand.NewPCG(uint64(cfg.Seed), 0xfa17)),
-		rate429: cfg.Rate429,
-		rate500: cfg.Rate500,
-		sem:     make(chan struct{}, 8),
+		faults:  emulator.NewFaults(cfg.Seed, cfg.Rate429, cfg.Rate500, cfg.Latency),
+		counters: emulator.NewRequestCounters[string](KindCustomers, KindCustomer,
+			KindBalanceTransactions, KindOther),
 	}
-	e.counters.init()
-	e.latency.Store(int64(cfg.Latency))
-	e.closing, e.stop = context.WithCancel(context.Background())
 	e.generate()
 	e.mux = e.routes()
+	e.webhooks = emulator.NewWebhookQueue(emulator.WebhookConfig{
+		URL: cfg.WebhookURL, Sync: cfg.WebhookSync, Attempts: cfg.WebhookAttempts,
+		Backoff: cfg.WebhookBackoff, Client: cfg.HTTPClient, Header: e.webhookHeader,
+	})
 	return e, nil
 }
 
 // SetFaults changes the injected 429 and 500 rates.
-func (e *Emulator) SetFaults(rate429, rate500 float64) {
-	e.faultMu.Lock()
-	e.rate429, e.rate500 = rate429, rate500
-	e.faultMu.Unlock()
-}
+func (e *Emulator) SetFaults(rate429, rate500 float64) { e.faults.SetRates(rate429, rate500) }
 
 // SetLatency changes the delay added to every request.
-func (e *Emulator) SetLatency(d time.Duration) { e.latency.Store(int64(d)) }
-
-// fault decides, from the seeded RNG, whether a request fails and how.
-func (e *Emulator) fault() int {
-	e.faultMu.Lock()
-	defer e.faultMu.Unlock()
-	if e.rate429 <= 0 && e.rate500 <= 0 {
-		return 0
-	}
-	switch u := e.faultR.Float64(); {
-	case u < e.rate429:
-		return http.StatusTooManyRequests
-	case u < e.rate429+e.rate500:
-		return http.StatusInternalServerError
-	}
-	return 0
-}
+func (e *Emulator) SetLatency(d time.Duration) { e.faults.SetLatency(d) }
 
 // ErrNotFound reports an unknown customer.
 var ErrNotFound = errors.New("orbemu: not found")

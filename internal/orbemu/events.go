@@ -1,11 +1,9 @@
 package orbemu
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
-	"sync/atomic"
 	"time"
 
 	"github.com/syncd/syncd/internal/orbsig"
@@ -50,99 +48,34 @@ type DeliveryStats struct {
 	Pending   int64 // events queued or being retried
 }
 
-type deliveries struct {
-	attempts, delivered, failed, pending atomic.Int64
-}
-
 // DeliveryStats reports webhook deliveries so far.
-func (e *Emulator) DeliveryStats() DeliveryStats {
-	d := &e.deliveries
-	return DeliveryStats{Attempts: d.attempts.Load(), Delivered: d.delivered.Load(),
-		Failed: d.failed.Load(), Pending: d.pending.Load()}
-}
+func (e *Emulator) DeliveryStats() DeliveryStats { return DeliveryStats(e.webhooks.Stats()) }
 
 // Deliver POSTs ev to the webhook URL again (or for the first time), signed
 // anew, as Orb does on a retry. Tests use it to duplicate and reorder.
 func (e *Emulator) Deliver(ev Event) { e.deliver(ev) }
 
-func (e *Emulator) deliver(ev Event) {
-	if e.cfg.WebhookURL == "" {
-		return
-	}
-	e.deliveries.pending.Add(1)
-	if e.cfg.WebhookSync {
-		e.send(ev)
-		return
-	}
-	go func() {
-		e.sem <- struct{}{}
-		defer func() { <-e.sem }()
-		e.send(ev)
-	}()
-}
+// deliver queues ev for delivery, retried with backoff (much faster than
+// Orb does).
+func (e *Emulator) deliver(ev Event) { e.webhooks.Enqueue(ev.Raw) }
 
-// send POSTs ev until it is answered 2xx or the attempts run out, backing
-// off between tries (much faster than Orb does).
-func (e *Emulator) send(ev Event) {
-	defer e.deliveries.pending.Add(-1)
-	backoff := e.cfg.WebhookBackoff
-	for attempt := 0; attempt < e.cfg.WebhookAttempts; attempt++ {
-		if attempt > 0 {
-			select {
-			case <-e.closing.Done():
-				e.deliveries.failed.Add(1)
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, 5*time.Second)
-		}
-		if e.post(ev) {
-			e.deliveries.delivered.Add(1)
-			return
-		}
-	}
-	e.deliveries.failed.Add(1)
-}
-
-func (e *Emulator) post(ev Event) bool {
-	e.deliveries.attempts.Add(1)
-	req, err := http.NewRequestWithContext(e.closing, http.MethodPost, e.cfg.WebhookURL, bytes.NewReader(ev.Raw))
-	if err != nil {
-		return false
-	}
-	ts, sig := orbsig.Sign(ev.Raw, e.cfg.WebhookSecret, time.Now())
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", "Orb-Webhooks/1.0")
-	req.Header.Set(orbsig.TimestampHeader, ts)
-	req.Header.Set(orbsig.SignatureHeader, sig)
-	resp, err := e.cfg.HTTPClient.Do(req)
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return resp.StatusCode >= 200 && resp.StatusCode < 300
+// webhookHeader signs each delivery attempt anew, as Orb does.
+func (e *Emulator) webhookHeader(h http.Header, body []byte) {
+	ts, sig := orbsig.Sign(body, e.cfg.WebhookSecret, time.Now())
+	h.Set("Content-Type", "application/json")
+	h.Set("User-Agent", "Orb-Webhooks/1.0")
+	h.Set(orbsig.TimestampHeader, ts)
+	h.Set(orbsig.SignatureHeader, sig)
 }
 
 // WaitDeliveries blocks until no webhook delivery is pending or ctx is done.
-func (e *Emulator) WaitDeliveries(ctx context.Context) error {
-	t := time.NewTicker(2 * time.Millisecond)
-	defer t.Stop()
-	for e.deliveries.pending.Load() > 0 {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
-	return nil
-}
+func (e *Emulator) WaitDeliveries(ctx context.Context) error { return e.webhooks.Wait(ctx) }
 
 // Flush waits for every pending webhook delivery to finish.
 func (e *Emulator) Flush() { _ = e.WaitDeliveries(context.Background()) }
 
 // Close abandons pending retries and waits for in-flight deliveries.
 func (e *Emulator) Close() error {
-	e.stop()
-	e.Flush()
+	e.webhooks.Close()
 	return nil
 }

@@ -7,9 +7,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"time"
 )
 
 // Request kinds, the keys of Counters.ByKind.
@@ -49,30 +46,23 @@ func pathKind(path string) string {
 // ServeHTTP counts the request, waits the latency, checks the key, injects
 // faults, then serves the route.
 func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	e.counters.total.Add(1)
-	e.counters.byKind[pathKind(r.URL.Path)].Add(1)
-	if d := time.Duration(e.latency.Load()); d > 0 {
-		t := time.NewTimer(d)
-		select {
-		case <-r.Context().Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
+	e.counters.Request(pathKind(r.URL.Path))
+	if !e.faults.Delay(r.Context()) {
+		return
 	}
 	if err := e.checkKey(r); err != nil {
 		writeError(w, err)
 		return
 	}
-	switch e.fault() {
+	switch e.faults.Draw() {
 	case http.StatusTooManyRequests:
-		e.counters.throttled.Add(1)
+		e.counters.Throttled()
 		w.Header().Set("Retry-After", strconv.FormatFloat(e.cfg.RetryAfter.Seconds(), 'f', -1, 64))
 		writeError(w, &apiError{Status: http.StatusTooManyRequests, Type: errorType + "429-too-many-requests",
 			Title: "Too many requests", Detail: "Request rate limit exceeded; retry after the Retry-After delay."})
 		return
 	case http.StatusInternalServerError:
-		e.counters.failed.Add(1)
+		e.counters.Failed()
 		writeError(w, &apiError{Status: http.StatusInternalServerError, Type: errorType + "500-internal-server-error",
 			Title: "Internal server error", Detail: "An unexpected error occurred."})
 		return
@@ -220,7 +210,7 @@ func (e *Emulator) listTxns(w http.ResponseWriter, r *http.Request) {
 		writeError(w, badRequest("Invalid cursor"))
 		return
 	}
-	e.counters.customerList(id)
+	e.counters.ListServed(id)
 	writePage(w, start, limit,
 		func(i int) []byte { return c.txns[i].Raw },
 		func(i int) string { return c.txns[i].ID })
@@ -234,55 +224,12 @@ type Counters struct {
 	Failed    int64            // answered 500 by fault injection
 }
 
-type counters struct {
-	total, throttled, failed atomic.Int64
-	byKind                   map[string]*atomic.Int64 // fixed keys: lock-free
-	mu                       sync.Mutex
-	customerLists            map[string]int
-}
-
-func (c *counters) init() {
-	c.byKind, c.customerLists = map[string]*atomic.Int64{}, map[string]int{}
-	for _, k := range []string{KindCustomers, KindCustomer, KindBalanceTransactions, KindOther} {
-		c.byKind[k] = new(atomic.Int64)
-	}
-}
-
-func (c *counters) customerList(customer string) {
-	c.mu.Lock()
-	c.customerLists[customer]++
-	c.mu.Unlock()
-}
-
 // Requests reports the requests received since the last ResetCounters.
-func (e *Emulator) Requests() Counters {
-	c := &e.counters
-	out := Counters{Total: c.total.Load(), Throttled: c.throttled.Load(), Failed: c.failed.Load(),
-		ByKind: map[string]int64{}}
-	for k, v := range c.byKind {
-		out.ByKind[k] = v.Load()
-	}
-	return out
-}
+func (e *Emulator) Requests() Counters { return Counters(e.counters.Counts()) }
 
 // CustomerListCalls counts the balance-transaction list pages served (200)
 // for one customer since the last ResetCounters.
-func (e *Emulator) CustomerListCalls(customer string) int {
-	e.counters.mu.Lock()
-	defer e.counters.mu.Unlock()
-	return e.counters.customerLists[customer]
-}
+func (e *Emulator) CustomerListCalls(customer string) int { return e.counters.ListCalls(customer) }
 
 // ResetCounters zeroes every request counter.
-func (e *Emulator) ResetCounters() {
-	c := &e.counters
-	c.total.Store(0)
-	c.throttled.Store(0)
-	c.failed.Store(0)
-	for _, v := range c.byKind {
-		v.Store(0)
-	}
-	c.mu.Lock()
-	clear(c.customerLists)
-	c.mu.Unlock()
-}
+func (e *Emulator) ResetCounters() { e.counters.Reset() }

@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"slices"
 	"time"
+
+	"github.com/syncd/syncd/internal/emulator"
 )
 
 // APIVersion is the version the emulator claims to speak; stripe-go v82 pins it.
@@ -258,10 +260,12 @@ func (g *generator) txnCount() int {
 	}
 }
 
-var typeWeights = []struct {
+type typeWeight struct {
 	typ    string
 	weight int
-}{
+}
+
+var typeWeights = []typeWeight{
 	{"adjustment", 30}, {"applied_to_invoice", 25}, {"credit_note", 10},
 	{"invoice_overpaid", 5}, {"invoice_too_large", 2}, {"invoice_too_small", 5},
 	{"unspent_receiver_credit", 2}, {"unapplied_from_invoice", 5},
@@ -273,18 +277,7 @@ func (g *generator) txnType(first bool) string {
 	if first && g.rng.IntN(10) < 3 {
 		return "initial"
 	}
-	total := 0
-	for _, w := range typeWeights {
-		total += w.weight
-	}
-	n := g.rng.IntN(total)
-	for _, w := range typeWeights {
-		if n < w.weight {
-			return w.typ
-		}
-		n -= w.weight
-	}
-	return "adjustment"
+	return emulator.Pick(g.rng, typeWeights, func(w typeWeight) int { return w.weight }).typ
 }
 
 // amount draws a non-zero amount in minor units with the sign the type implies.

@@ -3,7 +3,6 @@
 package stripeemu
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -13,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/syncd/syncd/internal/emulator"
 )
 
 // Config describes the generated world and the faults injected into it.
@@ -47,20 +48,12 @@ type Emulator struct {
 	accountIDs []string
 	accounts   map[string]*account
 
-	mux     *http.ServeMux
-	faultMu sync.Mutex
-	faultR  *rand.Rand
-	rate429 float64
-	rate500 float64
-	latency atomic.Int64
-	reqSeq  atomic.Int64
+	mux    *http.ServeMux
+	faults *emulator.Faults
+	reqSeq atomic.Int64
 
-	counters counters
-
-	deliveries deliveries
-	sem        chan struct{}
-	closing    context.Context
-	stop       context.CancelFunc
+	counters *emulator.RequestCounters[[2]string] // list calls by (account, customer)
+	webhooks *emulator.WebhookQueue
 }
 
 // New generates the world described by cfg.
@@ -71,15 +64,6 @@ func New(cfg Config) (*Emulator, error) {
 	if cfg.End.IsZero() {
 		cfg.End = DefaultEnd
 	}
-	if cfg.WebhookAttempts <= 0 {
-		cfg.WebhookAttempts = 5
-	}
-	if cfg.WebhookBackoff <= 0 {
-		cfg.WebhookBackoff = 50 * time.Millisecond
-	}
-	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
-	}
 	if cfg.WebhookURL != "" && cfg.WebhookSecret == "" {
 		return nil, errors.New("stripeemu: WebhookURL needs a WebhookSecret")
 	}
@@ -87,14 +71,10 @@ func New(cfg Config) (*Emulator, error) {
 		cfg:      cfg,
 		gen:      &generator{rng: rand.New(rand.NewPCG(uint64(cfg.Seed), 0x5717e))},
 		accounts: map[string]*account{"": newAccount("")},
-		faultR:   rand.New(rand.NewPCG(uint64(cfg.Seed), 0xfa17)),
-		rate429:  cfg.Rate429,
-		rate500:  cfg.Rate500,
-		sem:      make(chan struct{}, 8),
+		faults:   emulator.NewFaults(cfg.Seed, cfg.Rate429, cfg.Rate500, cfg.Latency),
+		counters: emulator.NewRequestCounters[[2]string](KindCustomers, KindCustomer,
+			KindBalanceTransactions, KindBalanceTransaction, KindEvents, KindAccounts, KindOther),
 	}
-	e.counters.init()
-	e.latency.Store(int64(cfg.Latency))
-	e.closing, e.stop = context.WithCancel(context.Background())
 	for _, id := range cfg.Accounts {
 		if id != "" && !strings.HasPrefix(id, "acct_") {
 			return nil, fmt.Errorf("stripeemu: account %q: want \"\" or acct_…", id)
@@ -109,34 +89,18 @@ func New(cfg Config) (*Emulator, error) {
 	}
 	e.generate()
 	e.mux = e.routes()
+	e.webhooks = emulator.NewWebhookQueue(emulator.WebhookConfig{
+		URL: cfg.WebhookURL, Sync: cfg.WebhookSync, Attempts: cfg.WebhookAttempts,
+		Backoff: cfg.WebhookBackoff, Client: cfg.HTTPClient, Header: e.webhookHeader,
+	})
 	return e, nil
 }
 
 // SetFaults changes the injected 429 and 500 rates.
-func (e *Emulator) SetFaults(rate429, rate500 float64) {
-	e.faultMu.Lock()
-	e.rate429, e.rate500 = rate429, rate500
-	e.faultMu.Unlock()
-}
+func (e *Emulator) SetFaults(rate429, rate500 float64) { e.faults.SetRates(rate429, rate500) }
 
 // SetLatency changes the delay added to every request.
-func (e *Emulator) SetLatency(d time.Duration) { e.latency.Store(int64(d)) }
-
-// fault decides, from the seeded RNG, whether a request fails and how.
-func (e *Emulator) fault() int {
-	e.faultMu.Lock()
-	defer e.faultMu.Unlock()
-	if e.rate429 <= 0 && e.rate500 <= 0 {
-		return 0
-	}
-	switch u := e.faultR.Float64(); {
-	case u < e.rate429:
-		return http.StatusTooManyRequests
-	case u < e.rate429+e.rate500:
-		return http.StatusInternalServerError
-	}
-	return 0
-}
+func (e *Emulator) SetLatency(d time.Duration) { e.faults.SetLatency(d) }
 
 // Accounts lists the configured account ids, "" for the platform.
 func (e *Emulator) Accounts() []string { return slices.Clone(e.accountIDs) }

@@ -1,12 +1,10 @@
 package stripeemu
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
 	"sort"
-	"sync/atomic"
 	"time"
 
 	"github.com/stripe/stripe-go/v82/webhook"
@@ -100,16 +98,8 @@ type DeliveryStats struct {
 	Pending   int64 `json:"pending"`   // events queued or being retried
 }
 
-type deliveries struct {
-	attempts, delivered, failed, pending atomic.Int64
-}
-
 // DeliveryStats reports webhook deliveries so far.
-func (e *Emulator) DeliveryStats() DeliveryStats {
-	d := &e.deliveries
-	return DeliveryStats{Attempts: d.attempts.Load(), Delivered: d.delivered.Load(),
-		Failed: d.failed.Load(), Pending: d.pending.Load()}
-}
+func (e *Emulator) DeliveryStats() DeliveryStats { return DeliveryStats(e.webhooks.Stats()) }
 
 // Deliver POSTs ev to the webhook URL again (or for the first time), signed
 // anew, as Stripe does on a retry. Tests use it to duplicate and reorder.
@@ -117,87 +107,32 @@ func (e *Emulator) Deliver(ev Event) {
 	e.deliver([]Event{ev})
 }
 
+// deliver queues evs for delivery, each retried with backoff as Stripe does
+// (much faster than Stripe's hours).
 func (e *Emulator) deliver(evs []Event) {
-	if e.cfg.WebhookURL == "" {
-		return
-	}
 	for _, ev := range evs {
-		e.deliveries.pending.Add(1)
-		if e.cfg.WebhookSync {
-			e.send(ev)
-			continue
-		}
-		go func() {
-			e.sem <- struct{}{}
-			defer func() { <-e.sem }()
-			e.send(ev)
-		}()
+		e.webhooks.Enqueue(ev.Raw)
 	}
 }
 
-// send POSTs ev until it is answered 2xx or the attempts run out, backing off
-// between tries as Stripe does (much faster than Stripe's hours).
-func (e *Emulator) send(ev Event) {
-	defer e.deliveries.pending.Add(-1)
-	backoff := e.cfg.WebhookBackoff
-	for attempt := 0; attempt < e.cfg.WebhookAttempts; attempt++ {
-		if attempt > 0 {
-			select {
-			case <-e.closing.Done():
-				e.deliveries.failed.Add(1)
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, 5*time.Second)
-		}
-		if e.post(ev) {
-			e.deliveries.delivered.Add(1)
-			return
-		}
-	}
-	e.deliveries.failed.Add(1)
-}
-
-func (e *Emulator) post(ev Event) bool {
-	e.deliveries.attempts.Add(1)
+// webhookHeader signs each delivery attempt anew, as Stripe does.
+func (e *Emulator) webhookHeader(h http.Header, body []byte) {
 	signed := webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{
-		Payload: ev.Raw, Secret: e.cfg.WebhookSecret, Timestamp: time.Now(),
+		Payload: body, Secret: e.cfg.WebhookSecret, Timestamp: time.Now(),
 	})
-	req, err := http.NewRequestWithContext(e.closing, http.MethodPost, e.cfg.WebhookURL, bytes.NewReader(ev.Raw))
-	if err != nil {
-		return false
-	}
-	req.Header.Set("Content-Type", "application/json; charset=utf-8")
-	req.Header.Set("User-Agent", "Stripe/1.0 (+https://stripe.com/docs/webhooks)")
-	req.Header.Set("Stripe-Signature", signed.Header)
-	resp, err := e.cfg.HTTPClient.Do(req)
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return resp.StatusCode >= 200 && resp.StatusCode < 300
+	h.Set("Content-Type", "application/json; charset=utf-8")
+	h.Set("User-Agent", "Stripe/1.0 (+https://stripe.com/docs/webhooks)")
+	h.Set("Stripe-Signature", signed.Header)
 }
 
 // WaitDeliveries blocks until no webhook delivery is pending or ctx is done.
-func (e *Emulator) WaitDeliveries(ctx context.Context) error {
-	t := time.NewTicker(2 * time.Millisecond)
-	defer t.Stop()
-	for e.deliveries.pending.Load() > 0 {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
-	return nil
-}
+func (e *Emulator) WaitDeliveries(ctx context.Context) error { return e.webhooks.Wait(ctx) }
 
 // Flush waits for every pending webhook delivery to finish.
 func (e *Emulator) Flush() { _ = e.WaitDeliveries(context.Background()) }
 
 // Close abandons pending retries and waits for in-flight deliveries.
 func (e *Emulator) Close() error {
-	e.stop()
-	e.Flush()
+	e.webhooks.Close()
 	return nil
 }

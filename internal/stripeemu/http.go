@@ -7,8 +7,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
-	"time"
 )
 
 // Path kinds counted by Requests.
@@ -65,19 +63,12 @@ func pathKind(path string) string {
 // ServeHTTP counts the request, waits the latency, checks the key and the
 // Stripe-Account header, injects faults, then serves the route.
 func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	e.counters.total.Add(1)
-	e.counters.byKind[pathKind(r.URL.Path)].Add(1)
+	e.counters.Request(pathKind(r.URL.Path))
 	h := w.Header()
 	h.Set("Request-Id", fmt.Sprintf("req_emu%010d", e.reqSeq.Add(1)))
 	h.Set("Stripe-Version", APIVersion)
-	if d := time.Duration(e.latency.Load()); d > 0 {
-		t := time.NewTimer(d)
-		select {
-		case <-r.Context().Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
+	if !e.faults.Delay(r.Context()) {
+		return
 	}
 	if err := checkKey(r); err != nil {
 		writeError(w, err)
@@ -91,15 +82,15 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	switch e.fault() {
+	switch e.faults.Draw() {
 	case http.StatusTooManyRequests:
-		e.counters.throttled.Add(1)
+		e.counters.Throttled()
 		writeError(w, &apiError{status: http.StatusTooManyRequests, Type: "invalid_request_error",
 			Code: "rate_limit", DocURL: "https://stripe.com/docs/error-codes/rate-limit",
 			Message: "Too many requests hit the API too quickly. We recommend an exponential backoff of your requests."})
 		return
 	case http.StatusInternalServerError:
-		e.counters.failed.Add(1)
+		e.counters.Failed()
 		writeError(w, &apiError{status: http.StatusInternalServerError, Type: "api_error",
 			Message: "An unknown error occurred"})
 		return
@@ -231,7 +222,7 @@ func (e *Emulator) listTxns(w http.ResponseWriter, r *http.Request) {
 		}
 		data, more, aerr := pageOf(c.txns, c.txnByID, lq, "customer_balance_transaction")
 		if aerr == nil {
-			e.counters.customerList(a.id, id)
+			e.counters.ListServed([2]string{a.id, id})
 		}
 		return data, more, aerr
 	})
@@ -327,56 +318,14 @@ type Counters struct {
 	Failed    int64            `json:"failed"`    // answered 500 by fault injection
 }
 
-type counters struct {
-	total, throttled, failed atomic.Int64
-	byKind                   map[string]*atomic.Int64 // fixed keys: lock-free
-	mu                       sync.Mutex
-	customerLists            map[[2]string]int
-}
-
-func (c *counters) init() {
-	c.byKind, c.customerLists = map[string]*atomic.Int64{}, map[[2]string]int{}
-	for _, k := range []string{KindCustomers, KindCustomer, KindBalanceTransactions,
-		KindBalanceTransaction, KindEvents, KindAccounts, KindOther} {
-		c.byKind[k] = new(atomic.Int64)
-	}
-}
-
-func (c *counters) customerList(account, customer string) {
-	c.mu.Lock()
-	c.customerLists[[2]string{account, customer}]++
-	c.mu.Unlock()
-}
-
 // Requests reports the requests received since the last ResetCounters.
-func (e *Emulator) Requests() Counters {
-	c := &e.counters
-	out := Counters{Total: c.total.Load(), Throttled: c.throttled.Load(), Failed: c.failed.Load(),
-		ByKind: map[string]int64{}}
-	for k, v := range c.byKind {
-		out.ByKind[k] = v.Load()
-	}
-	return out
-}
+func (e *Emulator) Requests() Counters { return Counters(e.counters.Counts()) }
 
 // CustomerListCalls counts the balance-transaction list pages served (200)
 // for one customer since the last ResetCounters.
 func (e *Emulator) CustomerListCalls(account, customer string) int {
-	e.counters.mu.Lock()
-	defer e.counters.mu.Unlock()
-	return e.counters.customerLists[[2]string{account, customer}]
+	return e.counters.ListCalls([2]string{account, customer})
 }
 
 // ResetCounters zeroes every request counter.
-func (e *Emulator) ResetCounters() {
-	c := &e.counters
-	c.total.Store(0)
-	c.throttled.Store(0)
-	c.failed.Store(0)
-	for _, v := range c.byKind {
-		v.Store(0)
-	}
-	c.mu.Lock()
-	clear(c.customerLists)
-	c.mu.Unlock()
-}
+func (e *Emulator) ResetCounters() { e.counters.Reset() }
