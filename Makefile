@@ -1,4 +1,5 @@
-# syncd's developer and CI entry points. `make demo` lives elsewhere.
+# syncd's developer and CI entry points: `make demo` shows the whole job,
+# `make test` runs every test against a real ClickHouse.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -14,7 +15,7 @@ DEBIAN_CLICKHOUSE ?= /usr/sbin/clickhouse-server
 BENCHTIME ?= 1s
 FUZZTIME ?= 20s
 
-.PHONY: build test lint bench fuzz check-clickhouse
+.PHONY: build test lint bench fuzz check-clickhouse demo
 
 # Static, like the image (Dockerfile): CGO_ENABLED=0 on the build line only,
 # since the race detector in `make test` needs cgo.
@@ -24,15 +25,7 @@ build:
 # Tests run against a real ClickHouse: a server binary to start privately, or
 # SYNCD_TEST_CLICKHOUSE_DSN naming a running server.
 check-clickhouse:
-	@if [ -z "$${SYNCD_TEST_CLICKHOUSE_DSN:-}" ] && [ ! -x $(DEBIAN_CLICKHOUSE) ] \
-		&& ! command -v clickhouse-server >/dev/null && ! command -v clickhouse >/dev/null; then \
-		echo "make test: no ClickHouse server found (looked for $(DEBIAN_CLICKHOUSE)," >&2; \
-		echo "  and clickhouse-server or clickhouse on PATH). Either:" >&2; \
-		echo "  - Debian/Ubuntu: sudo apt-get install -y clickhouse-server clickhouse-client" >&2; \
-		echo "  - elsewhere: put the single clickhouse binary on PATH (https://clickhouse.com/docs/install)" >&2; \
-		echo "  - or point the tests at a running server: SYNCD_TEST_CLICKHOUSE_DSN=clickhouse://host:9000/default" >&2; \
-		exit 1; \
-	fi
+	@scripts/ensure-clickhouse
 
 # Helm renders the chart in deploy/helm's tests; built once into bin/ so the
 # test run itself does not spend minutes compiling it.
@@ -41,8 +34,15 @@ bin/helm-$(HELM_VERSION):
 	GOBIN=$(CURDIR)/bin.tmp $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 	mkdir -p bin && mv bin.tmp/helm $@ && rmdir bin.tmp
 
-test: check-clickhouse bin/helm-$(HELM_VERSION)
-	HELM=$(CURDIR)/bin/helm-$(HELM_VERSION) $(GO) test -race -count=1 -timeout 12m ./...
+# stripe-mock serves Stripe's official OpenAPI fixtures for the conformance test.
+STRIPE_MOCK_VERSION ?= v0.203.0
+bin/stripe-mock-$(STRIPE_MOCK_VERSION):
+	GOBIN=$(CURDIR)/bin.tmp $(GO) install github.com/stripe/stripe-mock@$(STRIPE_MOCK_VERSION)
+	mkdir -p bin/stripe-mock-$(STRIPE_MOCK_VERSION).d && mv bin.tmp/stripe-mock bin/stripe-mock-$(STRIPE_MOCK_VERSION).d/stripe-mock && rmdir bin.tmp
+	touch $@
+
+test: check-clickhouse bin/helm-$(HELM_VERSION) bin/stripe-mock-$(STRIPE_MOCK_VERSION)
+	PATH=$(CURDIR)/bin/stripe-mock-$(STRIPE_MOCK_VERSION).d:$$PATH HELM=$(CURDIR)/bin/helm-$(HELM_VERSION) $(GO) test -race -count=1 -timeout 12m ./...
 
 lint:
 	@unformatted=$$(gofmt -l .); \
@@ -62,3 +62,11 @@ fuzz:
 			$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) "$$pkg"; \
 		done; \
 	done
+
+# The whole job end to end on local defaults: a private ClickHouse (or
+# SYNCD_CLICKHOUSE_DSN's server), the Stripe and Orb emulators, migrate,
+# backfill, serve with live signed webhooks, verify, and a printed report.
+demo: build check-clickhouse
+	$(GO) build -o bin/emulator ./cmd/emulator
+	$(GO) build -o bin/demo ./cmd/demo
+	bin/demo --syncd bin/syncd --emulator bin/emulator
