@@ -35,8 +35,10 @@ type command struct {
 
 // commands is the table of subcommands; version takes no configuration.
 var commands = map[string]command{
-	config.CmdMigrate: {"apply schema migrations (idempotent; creates the database)", runMigrate},
-	config.CmdServe:   {"receive webhooks, refresh dirty customers, write to ClickHouse; drains on SIGTERM", runServe},
+	config.CmdMigrate:  {"apply schema migrations (idempotent; creates the database)", runMigrate},
+	config.CmdBackfill: {"page the source API into ClickHouse; resumable, incremental by default", runBackfill},
+	config.CmdVerify:   {"compare ClickHouse with the source API and print the drift", runVerify},
+	config.CmdServe:    {"receive webhooks, refresh dirty customers, write to ClickHouse; drains on SIGTERM", runServe},
 }
 
 // exitError carries a process exit code other than 1.

@@ -43,7 +43,7 @@ func newWarehouse(t testing.TB, batchRows int) *warehouse {
 	}
 	m := metrics.New()
 	sk := sink.New(conn, sink.Options{BatchRows: batchRows, FlushInterval: 50 * time.Millisecond, Metrics: m,
-		MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second})
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second, Logger: testLogger(t)})
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -75,13 +75,13 @@ func testLogger(t testing.TB) *zap.Logger {
 	return zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
 }
 
-// heldTxn is what the warehouse holds for one transaction under FINAL.
-type heldTxn struct {
+// heldRow is what the warehouse holds for one transaction under FINAL.
+type heldRow struct {
 	Account, ID, Customer, Description string
 	Amount, EndingBalance              int64
 }
 
-func held(t testing.TB, conn driver.Conn) map[string]heldTxn {
+func held(t testing.TB, conn driver.Conn) map[string]heldRow {
 	t.Helper()
 	rows, err := conn.Query(context.Background(), `SELECT account_id, id, customer, ifNull(description, ''), amount, ending_balance
 		FROM stripe_customer_balance_transactions FINAL`)
@@ -89,9 +89,9 @@ func held(t testing.TB, conn driver.Conn) map[string]heldTxn {
 		t.Fatal(err)
 	}
 	defer rows.Close()
-	out := map[string]heldTxn{}
+	out := map[string]heldRow{}
 	for rows.Next() {
-		var h heldTxn
+		var h heldRow
 		if err := rows.Scan(&h.Account, &h.ID, &h.Customer, &h.Description, &h.Amount, &h.EndingBalance); err != nil {
 			t.Fatal(err)
 		}
@@ -134,11 +134,11 @@ func assertMirrors(t testing.TB, conn driver.Conn, truth []stripeemu.Txn) {
 	sort.Strings(extra)
 	if len(missing)+len(wrong)+len(extra) > 0 {
 		t.Fatalf("warehouse differs from the emulator's truth (%d txns): %d missing (e.g. %v), %d wrong (e.g. %v), %d extra (e.g. %v)",
-			len(truth), len(missing), first(missing), len(wrong), first(wrong), len(extra), first(extra))
+			len(truth), len(missing), firstFew(missing), len(wrong), firstFew(wrong), len(extra), firstFew(extra))
 	}
 }
 
-func first(s []string) []string {
+func firstFew(s []string) []string {
 	if len(s) > 3 {
 		return s[:3]
 	}

@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -180,19 +180,35 @@ type attemptKey struct{}
 type attempt struct {
 	status     int
 	retryAfter time.Duration
+	netErr     error
 }
 
+// statusTransport records each attempt's status. It also turns a transport
+// error into a synthetic error response: stripe-go v82.5.1's RawRequest
+// dereferences the nil response of a failed round trip and panics.
 type statusTransport struct{ base http.RoundTripper }
 
 func (t statusTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	resp, err := t.base.RoundTrip(r)
-	if a, ok := r.Context().Value(attemptKey{}).(*attempt); ok && resp != nil {
-		a.status = resp.StatusCode
-		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
-			a.retryAfter = time.Duration(s) * time.Second
-		}
+	a, ok := r.Context().Value(attemptKey{}).(*attempt)
+	if !ok {
+		return resp, err
 	}
-	return resp, err
+	if err != nil {
+		a.netErr = err
+		msg, _ := json.Marshal(err.Error())
+		return &http.Response{
+			StatusCode: http.StatusServiceUnavailable, Status: "503 network error",
+			Header:  http.Header{"Content-Type": {"application/json"}},
+			Body:    io.NopCloser(strings.NewReader(`{"error":{"type":"api_error","message":` + string(msg) + `}}`)),
+			Request: r, ProtoMajor: 1, ProtoMinor: 1,
+		}, nil
+	}
+	a.status = resp.StatusCode
+	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
+		a.retryAfter = time.Duration(s) * time.Second
+	}
+	return resp, nil
 }
 
 // get sends GET path (query included) as account ("" for the key's own),
@@ -215,7 +231,9 @@ func (s *StripeSource) get(ctx context.Context, endpoint, account, path string) 
 		s.requests.Add(1)
 		s.m.SourceSeconds.WithLabelValues("stripe").Observe(arrived.Sub(t0).Seconds())
 		status := a.status
-		if err == nil && resp != nil {
+		if a.netErr != nil {
+			status, err = 0, a.netErr
+		} else if err == nil && resp != nil {
 			status = resp.StatusCode
 		}
 		s.m.SourceRequests.WithLabelValues("stripe", endpoint, metrics.Code(status)).Inc()
@@ -234,12 +252,9 @@ func (s *StripeSource) get(ctx context.Context, endpoint, account, path string) 
 			re.Code, re.Param = string(se.Code), se.Param
 			re.Err = errors.New(s.redact(errors.New(se.Msg)).Error())
 		}
+		// No response at all (connection refused or reset, timeout) is
+		// transient too.
 		transient := status == 0 || status == http.StatusTooManyRequests || status >= 500
-		if status == 0 {
-			var ne net.Error
-			transient = errors.As(err, &ne) || errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), "EOF") ||
-				strings.Contains(err.Error(), "connection")
-		}
 		if !transient || n >= s.retry.Attempts || time.Since(start) >= s.retry.MaxElapsed {
 			return nil, time.Time{}, re
 		}
@@ -441,4 +456,65 @@ func (s *StripeSource) Row(raw []byte, m row.Meta) ([]any, error) {
 		return nil, err
 	}
 	return r.Values(), nil
+}
+
+// ChangedCustomers returns the customers of account named by trigger
+// events created at or after since, each once.
+func (s *StripeSource) ChangedCustomers(ctx context.Context, account string, since time.Time) ([]string, error) {
+	seen := map[string]bool{}
+	var out []string
+	cursor := ""
+	for {
+		p, err := s.ListEvents(ctx, account, since, TriggerTypes, cursor)
+		if err != nil {
+			return nil, err
+		}
+		for _, raw := range p.Items {
+			var ev struct {
+				ID   string `json:"id"`
+				Data struct {
+					Object json.RawMessage `json:"object"`
+				} `json:"data"`
+			}
+			if err := json.Unmarshal(raw, &ev); err != nil || ev.ID == "" {
+				return nil, fmt.Errorf("list events: an item is not an event")
+			}
+			cursor = ev.ID
+			if c := EventCustomer(ev.Data.Object); c != "" && !seen[c] {
+				seen[c] = true
+				out = append(out, c)
+			}
+		}
+		if !p.HasMore || len(p.Items) == 0 {
+			return out, nil
+		}
+	}
+}
+
+// EventCustomer returns the customer an event's data.object names: the
+// object itself when it is a customer, else its customer field (an id or
+// an expanded customer). "" when it names none.
+func EventCustomer(object json.RawMessage) string {
+	var obj struct {
+		ID       string          `json:"id"`
+		Object   string          `json:"object"`
+		Customer json.RawMessage `json:"customer"`
+	}
+	if json.Unmarshal(object, &obj) != nil {
+		return ""
+	}
+	if obj.Object == "customer" {
+		return obj.ID
+	}
+	var id string
+	if json.Unmarshal(obj.Customer, &id) == nil {
+		return id
+	}
+	var exp struct {
+		ID string `json:"id"`
+	}
+	if json.Unmarshal(obj.Customer, &exp) == nil {
+		return exp.ID
+	}
+	return ""
 }

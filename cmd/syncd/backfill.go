@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"go.uber.org/zap"
+
+	"github.com/syncd/syncd/internal/backfill"
+	"github.com/syncd/syncd/internal/config"
+	"github.com/syncd/syncd/internal/metrics"
+	"github.com/syncd/syncd/internal/sink"
+)
+
+// runBackfill pages the source API into ClickHouse; exit 1 unless every
+// customer it set out to read is committed and checkpointed.
+func runBackfill(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) error {
+	if cfg.Provider != config.Stripe {
+		return &config.UsageError{Err: fmt.Errorf("--provider %s: only stripe can be backfilled in this version", cfg.Provider)}
+	}
+	conn, err := openCurrent(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	m := metrics.New()
+	sk := sink.New(conn, sink.Options{BatchRows: cfg.BatchRows, FlushInterval: cfg.FlushInterval, QueueRows: cfg.QueueRows,
+		Metrics: m, Logger: log})
+	mode := cfg.Progress
+	if mode == "auto" {
+		mode = "log"
+		if isTerminal(e.stdout) {
+			mode = "line"
+		}
+	}
+	sum, err := backfill.Run(ctx, backfill.Options{
+		Source:       stripeSource(cfg, m, log),
+		Conn:         conn,
+		Sink:         sk,
+		Metrics:      m,
+		Logger:       log,
+		Accounts:     cfg.StripeAccounts,
+		AllAccounts:  cfg.StripeAllAccounts,
+		Customers:    cfg.Customers,
+		Since:        cfg.Since,
+		Full:         cfg.Full,
+		Concurrency:  cfg.Concurrency,
+		Progress:     e.stdout,
+		ProgressMode: mode,
+	})
+	// Rows already queued are committed even when the run failed, so the
+	// checkpoints written so far stay true; bounded, as a second signal
+	// should not wait on a ClickHouse that is down.
+	closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	if cerr := sk.Close(closeCtx); cerr != nil && err == nil {
+		err = cerr
+	}
+	fmt.Fprintln(e.stdout, sum)
+	log.Info("backfill finished", zap.String("mode", sum.Mode), zap.Int("customers", sum.Customers),
+		zap.Int("resumed", sum.Resumed), zap.Int64("rows", sum.Rows), zap.Int64("requests", sum.Requests),
+		zap.Int64("retries", sum.Retries), zap.Duration("duration", sum.Duration), zap.Bool("ok", err == nil))
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
+		return errors.New("backfill interrupted; finished customers are checkpointed: run it again to resume")
+	}
+	return fmt.Errorf("backfill incomplete: %w", err)
+}
+
+// openCurrent connects to ClickHouse and checks that the schema is migrated.
+func openCurrent(ctx context.Context, cfg *config.Config) (driver.Conn, error) {
+	conn, err := sink.Open(ctx, cfg.ClickHouseDSN, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := sink.SchemaCurrent(ctx, conn); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
+func stripeSource(cfg *config.Config, m *metrics.Metrics, log *zap.Logger) *backfill.StripeSource {
+	return backfill.NewStripeSource(backfill.StripeOptions{
+		APIKey:    cfg.StripeAPIKey,
+		URL:       cfg.StripeAPIURL,
+		RateLimit: cfg.RateLimitFor(config.Stripe),
+		Metrics:   m,
+		Logger:    log,
+	})
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}

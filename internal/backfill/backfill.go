@@ -1,0 +1,579 @@
+package backfill
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"go.uber.org/zap"
+
+	"github.com/syncd/syncd/internal/metrics"
+	"github.com/syncd/syncd/internal/row"
+	"github.com/syncd/syncd/internal/sink"
+)
+
+// EventsWindow is how far back Stripe's Events API reaches.
+const EventsWindow = 30 * 24 * time.Hour
+
+// Options describe one backfill run.
+type Options struct {
+	Source  Lister
+	Conn    driver.Conn
+	Sink    *sink.Sink
+	Metrics *metrics.Metrics
+	Logger  *zap.Logger
+
+	// Accounts are Connect accounts to read; AllAccounts reads the platform
+	// and every connected account. With neither, the platform only.
+	Accounts    []string
+	AllAccounts bool
+	Customers   []string  // only these customers
+	Since       time.Time // only customers that changed since then
+	Full        bool      // ignore the cursors: re-read every transaction
+	Concurrency int       // customers read at once [sized from the rate limit]
+
+	Progress      io.Writer     // where progress goes; nil: nowhere
+	ProgressMode  string        // "line" (a live \r line), "log" (a zap line every ProgressEvery), "none"
+	ProgressEvery time.Duration // [5s]
+}
+
+// Summary is what a run did.
+type Summary struct {
+	Mode      string // "incremental", "full", "since", "customers"
+	Accounts  int
+	Customers int // customers read in this run
+	Resumed   int // customers an interrupted run had already finished
+	Rows      int64
+	Malformed int
+	Requests  int64
+	Retries   int64
+	Duration  time.Duration
+}
+
+func (s Summary) String() string {
+	resumed := ""
+	if s.Resumed > 0 {
+		resumed = fmt.Sprintf(" (+%d finished before the restart)", s.Resumed)
+	}
+	return fmt.Sprintf("%s backfill: %d accounts, %d customers%s, %d rows, %d requests, %d retries, %s",
+		s.Mode, s.Accounts, s.Customers, resumed, s.Rows, s.Requests, s.Retries, s.Duration.Round(time.Millisecond))
+}
+
+// accountLister and changeFinder are what a source may offer beyond Lister.
+type accountLister interface {
+	Accounts(ctx context.Context) ([]string, error)
+}
+
+type changeFinder interface {
+	ChangedCustomers(ctx context.Context, account string, since time.Time) ([]string, error)
+}
+
+type statser interface {
+	Stats() (requests, retries int64)
+	RateLimit() float64
+}
+
+// DefaultConcurrency is enough workers for the rate limiter, not latency,
+// to be the bottleneck: twice the requests in flight at 250 ms each.
+func DefaultConcurrency(ratePerSecond float64) int {
+	if ratePerSecond <= 0 {
+		return 16
+	}
+	return min(64, max(4, int(math.Ceil(ratePerSecond*0.25*2))))
+}
+
+// job is one customer to read.
+type job struct {
+	acct     *acctState
+	customer string
+	since    string // newest id held; "" reads everything
+	page     *pageState
+}
+
+// acctState is one account's part of the run.
+type acctState struct {
+	id      string
+	run     *run // nil when the run reads chosen customers only
+	done    map[string]bool
+	cursors map[string]string
+
+	mu    sync.Mutex
+	pages []*pageState
+}
+
+// pageState tracks one enumerated page of customers, so that the run's
+// enumeration cursor only moves past pages whose customers are all done.
+type pageState struct {
+	last     string
+	pending  int
+	complete bool
+}
+
+type runner struct {
+	o     Options
+	src   Lister
+	ctx   context.Context
+	fail  context.CancelCauseFunc
+	start time.Time
+
+	total      atomic.Int64 // customers to read, once enumeration is over
+	enumerated atomic.Bool
+	customers  atomic.Int64
+	resumed    atomic.Int64
+	rows       atomic.Int64
+	malformed  atomic.Int64
+}
+
+// Run reads the source into the sink as o describes and returns a summary.
+// An error means the run is incomplete: what finished is checkpointed, and
+// the next run resumes.
+func Run(ctx context.Context, o Options) (Summary, error) {
+	if o.Metrics == nil {
+		o.Metrics = metrics.New()
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	if o.ProgressEvery <= 0 {
+		o.ProgressEvery = 5 * time.Second
+	}
+	limit := 0.0
+	if s, ok := o.Source.(statser); ok {
+		limit = s.RateLimit()
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = DefaultConcurrency(limit)
+	}
+	ctx, fail := context.WithCancelCause(ctx)
+	defer fail(nil)
+	r := &runner{o: o, src: o.Source, ctx: ctx, fail: fail, start: time.Now()}
+	var req0, retries0 int64
+	if s, ok := o.Source.(statser); ok {
+		req0, retries0 = s.Stats()
+	}
+	sum := Summary{Mode: "incremental"}
+	if o.Full {
+		sum.Mode = "full"
+	}
+	err := r.run(&sum)
+	sum.Customers = int(r.customers.Load())
+	sum.Resumed = int(r.resumed.Load())
+	sum.Rows = r.rows.Load()
+	sum.Malformed = int(r.malformed.Load())
+	if s, ok := o.Source.(statser); ok {
+		sum.Requests, sum.Retries = s.Stats()
+		sum.Requests -= req0
+		sum.Retries -= retries0
+	}
+	sum.Duration = time.Since(r.start)
+	if err == nil && sum.Malformed > 0 {
+		err = fmt.Errorf("%d transactions were refused by the normaliser (see the log) and not written; their customers are not checkpointed", sum.Malformed)
+	}
+	return sum, err
+}
+
+func (r *runner) run(sum *Summary) error {
+	o := r.o
+	accounts, err := r.accounts()
+	if err != nil {
+		return err
+	}
+	sum.Accounts = len(accounts)
+
+	// Decide what to read: chosen customers, changed customers, or a sweep.
+	var chosen map[string][]string // account → customers
+	if !o.Since.IsZero() {
+		cf, ok := o.Source.(changeFinder)
+		switch age := time.Since(o.Since); {
+		case !ok:
+			o.Logger.Warn("the source has no events API; --since falls back to an incremental sweep")
+		case age > EventsWindow:
+			o.Logger.Warn("--since is beyond the 30-day window of Stripe's Events API; falling back to an incremental sweep of every customer",
+				zap.Time("since", o.Since))
+			r.notef("--since %s is beyond the 30-day Events window: running a full incremental sweep instead\n", o.Since.UTC().Format(time.RFC3339))
+		default:
+			sum.Mode = "since"
+			chosen = map[string][]string{}
+			for _, a := range accounts {
+				cs, err := cf.ChangedCustomers(r.ctx, a, o.Since)
+				if err != nil {
+					return fmt.Errorf("find customers changed since %s in %s: %w", o.Since.UTC().Format(time.RFC3339), accountName(a), err)
+				}
+				chosen[a] = cs
+			}
+		}
+	}
+	if len(o.Customers) > 0 {
+		want := map[string]bool{}
+		for _, c := range o.Customers {
+			want[c] = true
+		}
+		if chosen == nil {
+			sum.Mode = "customers"
+			chosen = map[string][]string{}
+			for _, a := range accounts {
+				chosen[a] = o.Customers
+			}
+		} else {
+			for a, cs := range chosen {
+				var keep []string
+				for _, c := range cs {
+					if want[c] {
+						keep = append(keep, c)
+					}
+				}
+				chosen[a] = keep
+			}
+		}
+	}
+
+	states := make([]*acctState, 0, len(accounts))
+	for _, a := range accounts {
+		st := &acctState{id: a}
+		var only []string
+		if chosen != nil {
+			only = chosen[a]
+			if len(only) == 0 {
+				states = append(states, st)
+				continue
+			}
+		} else if err := r.startRun(st); err != nil {
+			return err
+		}
+		if !o.Full {
+			cs, err := cursors(r.ctx, o.Conn, r.src.Provider(), a, only)
+			if err != nil {
+				return err
+			}
+			st.cursors = cs
+		}
+		states = append(states, st)
+	}
+
+	jobs := make(chan job, 4*o.Concurrency)
+	read := make(chan readDone, 4*o.Concurrency)
+	checkpointed := make(chan checkpoint, 4*o.Concurrency)
+	var workers, stages sync.WaitGroup
+	for range o.Concurrency {
+		workers.Add(1)
+		go func() { defer workers.Done(); r.work(jobs, read) }()
+	}
+	stages.Add(2)
+	go func() { defer stages.Done(); r.commitRows(read, checkpointed) }()
+	go func() { defer stages.Done(); r.commitCheckpoints(checkpointed) }()
+	stopProgress := r.progress()
+
+	enumErr := r.enumerate(states, chosen, jobs)
+	close(jobs)
+	workers.Wait()
+	close(read)
+	stages.Wait()
+	stopProgress()
+
+	if err := context.Cause(r.ctx); err != nil {
+		return err
+	}
+	if enumErr != nil {
+		return enumErr
+	}
+	// Every customer is done: close the sweeps, so that the next run starts
+	// a new one.
+	if chosen == nil && r.malformed.Load() == 0 {
+		var acks []*sink.Ack
+		for _, st := range states {
+			st.run.Finished = true
+			a, err := o.Sink.Write(r.ctx, runTable, st.run.row(time.Now()))
+			if err != nil {
+				return err
+			}
+			acks = append(acks, a)
+		}
+		for _, a := range acks {
+			if err := a.Wait(r.ctx); err != nil {
+				return fmt.Errorf("record the finished run: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+func (r *runner) notef(format string, args ...any) {
+	if r.o.Progress != nil && r.o.ProgressMode != "none" {
+		fmt.Fprintf(r.o.Progress, format, args...)
+	}
+}
+
+// accounts resolves the accounts to read.
+func (r *runner) accounts() ([]string, error) {
+	switch {
+	case r.o.AllAccounts:
+		al, ok := r.o.Source.(accountLister)
+		if !ok {
+			return nil, fmt.Errorf("--stripe-accounts all: %s has no connected accounts", r.src.Provider())
+		}
+		acc, err := al.Accounts(r.ctx)
+		if err != nil {
+			return nil, err
+		}
+		return append([]string{""}, acc...), nil
+	case len(r.o.Accounts) > 0:
+		return r.o.Accounts, nil
+	}
+	return []string{""}, nil
+}
+
+// startRun resumes the account's interrupted sweep, or starts a new one.
+func (r *runner) startRun(st *acctState) error {
+	prev, err := latestRun(r.ctx, r.o.Conn, r.src.Provider(), st.id)
+	if err != nil {
+		return err
+	}
+	if prev != nil && !prev.Finished && (prev.Full || !r.o.Full) {
+		done, err := doneCustomers(r.ctx, r.o.Conn, prev)
+		if err != nil {
+			return err
+		}
+		st.run, st.done = prev, done
+		// Finished customers before the enumeration cursor are not listed again.
+		r.resumed.Add(int64(len(done)))
+		r.total.Add(int64(len(done)))
+		r.o.Logger.Info("resuming an interrupted backfill", zap.String("account", st.id), zap.String("run", prev.ID),
+			zap.Bool("full", prev.Full), zap.Int("customers_done", len(done)))
+		return nil
+	}
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	now := time.Now()
+	st.run = &run{Provider: r.src.Provider(), Account: st.id, ID: now.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:]),
+		Full: r.o.Full, StartedAt: now}
+	st.done = map[string]bool{}
+	a, err := r.o.Sink.Write(r.ctx, runTable, st.run.row(now))
+	if err != nil {
+		return err
+	}
+	if err := a.Wait(r.ctx); err != nil {
+		return fmt.Errorf("record the new run: %w", err)
+	}
+	return nil
+}
+
+// enumerate feeds jobs: the chosen customers, or every customer of each
+// account from its run's cursor on.
+func (r *runner) enumerate(states []*acctState, chosen map[string][]string, jobs chan<- job) error {
+	defer r.enumerated.Store(true)
+	send := func(j job) bool {
+		select {
+		case jobs <- j:
+			return true
+		case <-r.ctx.Done():
+			return false
+		}
+	}
+	if chosen != nil {
+		n := 0
+		for _, cs := range chosen {
+			n += len(cs)
+		}
+		r.total.Store(int64(n))
+		for _, st := range states {
+			for _, c := range chosen[st.id] {
+				if !send(job{acct: st, customer: c, since: st.cursors[c]}) {
+					return nil
+				}
+			}
+		}
+		return nil
+	}
+	for _, st := range states {
+		cursor := st.run.Cursor
+		for {
+			ids, next, err := r.src.CustomerPage(r.ctx, st.id, cursor)
+			if err != nil && cursor != "" && cursor == st.run.Cursor && !errors.Is(err, context.Canceled) {
+				// The checkpointed customer may be gone: list from the
+				// start; done customers are skipped anyway.
+				r.o.Logger.Warn("cannot resume the customer listing at the checkpoint; listing from the start",
+					zap.String("account", st.id), zap.Error(err))
+				cursor = ""
+				continue
+			}
+			if err != nil {
+				if r.ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("list customers of %s: %w", accountName(st.id), err)
+			}
+			pg := &pageState{}
+			if len(ids) > 0 {
+				pg.last = ids[len(ids)-1]
+			}
+			st.mu.Lock()
+			st.pages = append(st.pages, pg)
+			st.mu.Unlock()
+			for _, c := range ids {
+				if st.done[c] {
+					continue // counted in total and resumed by startRun
+				}
+				r.total.Add(1)
+				since := st.cursors[c]
+				if st.run.Full {
+					since = ""
+				}
+				st.mu.Lock()
+				pg.pending++
+				st.mu.Unlock()
+				if !send(job{acct: st, customer: c, since: since, page: pg}) {
+					return nil
+				}
+			}
+			st.mu.Lock()
+			pg.complete = true
+			st.mu.Unlock()
+			r.advance(st)
+			if next == "" {
+				break
+			}
+			cursor = next
+		}
+	}
+	return nil
+}
+
+// readDone is a customer whose rows are queued in the sink.
+type readDone struct {
+	job
+	res *readResult
+}
+
+// checkpoint is a customer whose checkpoint rows are queued.
+type checkpoint struct {
+	job
+	acks []*sink.Ack
+}
+
+func (r *runner) work(jobs <-chan job, out chan<- readDone) {
+	for j := range jobs {
+		if r.ctx.Err() != nil {
+			continue
+		}
+		res, err := readCustomer(r.ctx, r.src, r.o.Sink, r.o.Logger, j.acct.id, j.customer, j.since, row.SourceBackfill)
+		if NotFound(err) && j.acct.run == nil {
+			// A chosen customer that is not in this account (or was deleted).
+			r.o.Logger.Info("customer not found in account; skipped", zap.String("account", j.acct.id), zap.String("customer", j.customer))
+			res, err = &readResult{newest: j.since}, nil
+		}
+		if err != nil {
+			if r.ctx.Err() == nil {
+				r.fail(fmt.Errorf("customer %s of %s: %w", j.customer, accountName(j.acct.id), err))
+			}
+			continue
+		}
+		out <- readDone{job: j, res: res}
+	}
+}
+
+// commitRows waits, in order, for each customer's rows to be committed,
+// then queues its checkpoint.
+func (r *runner) commitRows(in <-chan readDone, out chan<- checkpoint) {
+	defer close(out)
+	for d := range in {
+		if r.ctx.Err() != nil {
+			continue
+		}
+		if err := d.res.wait(r.ctx); err != nil {
+			r.failCommit(err)
+			continue
+		}
+		r.rows.Add(int64(d.res.rows))
+		if d.res.malformed > 0 {
+			// Not checkpointed: the next run reads it again and fails again,
+			// loudly, rather than skipping what it could not store.
+			r.malformed.Add(int64(d.res.malformed))
+			continue
+		}
+		now := time.Now()
+		var acks []*sink.Ack
+		if d.res.newest != "" && d.res.newest != d.since {
+			a, err := r.o.Sink.Write(r.ctx, cursorTable, cursorRow(r.src.Provider(), d.acct.id, d.customer, d.res.newest, now))
+			if err != nil {
+				r.failCommit(err)
+				continue
+			}
+			acks = append(acks, a)
+		}
+		if d.acct.run != nil {
+			a, err := r.o.Sink.Write(r.ctx, doneTable, []any{r.src.Provider(), d.acct.id, d.acct.run.ID, d.customer,
+				uint64(d.res.rows), now.UTC()})
+			if err != nil {
+				r.failCommit(err)
+				continue
+			}
+			acks = append(acks, a)
+		}
+		out <- checkpoint{job: d.job, acks: acks}
+	}
+}
+
+func (r *runner) failCommit(err error) {
+	if r.ctx.Err() == nil {
+		r.fail(fmt.Errorf("write to ClickHouse: %w", err))
+	}
+}
+
+// commitCheckpoints waits for each checkpoint, then counts the customer done.
+func (r *runner) commitCheckpoints(in <-chan checkpoint) {
+	for c := range in {
+		if r.ctx.Err() != nil {
+			continue
+		}
+		failed := false
+		for _, a := range c.acks {
+			if err := a.Wait(r.ctx); err != nil {
+				r.failCommit(err)
+				failed = true
+				break
+			}
+		}
+		if failed {
+			continue
+		}
+		r.customers.Add(1)
+		r.o.Metrics.BackfillCustomer.WithLabelValues(r.src.Provider()).Inc()
+		if c.page != nil {
+			c.acct.mu.Lock()
+			c.page.pending--
+			c.acct.mu.Unlock()
+			r.advance(c.acct)
+		}
+	}
+}
+
+// advance moves the account's enumeration cursor past every leading page
+// whose customers are all done, and records it.
+func (r *runner) advance(st *acctState) {
+	st.mu.Lock()
+	moved := false
+	for len(st.pages) > 0 && st.pages[0].complete && st.pages[0].pending == 0 {
+		if st.pages[0].last != "" {
+			st.run.Cursor = st.pages[0].last
+			moved = true
+		}
+		st.pages = st.pages[1:]
+	}
+	var rowVals []any
+	if moved {
+		rowVals = st.run.row(time.Now())
+	}
+	st.mu.Unlock()
+	if moved {
+		// Not waited for: a lost cursor only means listing a few pages again.
+		_, _ = r.o.Sink.Write(r.ctx, runTable, rowVals)
+	}
+}
