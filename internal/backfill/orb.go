@@ -322,16 +322,21 @@ func (s *OrbSource) Transactions(ctx context.Context, account, customer, sinceID
 // Table implements Lister.
 func (s *OrbSource) Table() sink.Table { return row.OrbTxnTable }
 
-// Row implements Lister with the one Orb normaliser; the customer is the
-// one m names, as listed or fetched by this source.
+// Row implements Lister with the one Orb normaliser.
 func (s *OrbSource) Row(raw []byte, m row.Meta) ([]any, error) {
-	c, ok := s.known(m.CustomerID)
-	if !ok {
-		return nil, fmt.Errorf("orb customer %q was not read before its transactions", m.CustomerID)
-	}
-	r, err := row.NormalizeOrb(raw, c, m)
+	r, err := s.txn(raw, m)
 	if err != nil {
 		return nil, err
 	}
 	return r.Values(), nil
+}
+
+// txn normalises raw with the customer m names, as listed or fetched by
+// this source.
+func (s *OrbSource) txn(raw []byte, m row.Meta) (*row.OrbTxn, error) {
+	c, ok := s.known(m.CustomerID)
+	if !ok {
+		return nil, fmt.Errorf("orb customer %q was not read before its transactions", m.CustomerID)
+	}
+	return row.NormalizeOrb(raw, c, m)
 }

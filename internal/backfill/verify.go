@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/shopspring/decimal"
 	"go.uber.org/zap"
 
 	"github.com/syncd/syncd/internal/metrics"
@@ -33,12 +34,14 @@ type Drift struct {
 	Missing           []string // listed by the API, not held
 	Extra             []string // held, not listed by the API
 	Mismatched        []string // held with other values than the API's
-	BalanceHeld       int64    // the newest held transaction's ending_balance
-	BalanceAPI        int64    // the customer's balance
+	// Balances are decimals in the currency's unit as the provider counts
+	// it: Stripe's minor units, Orb's decimal strings.
+	BalanceHeld decimal.Decimal // the newest held transaction's ending_balance
+	BalanceAPI  decimal.Decimal // the customer's balance
 }
 
 // BalanceDiffers reports whether the held balance is not the API's.
-func (d Drift) BalanceDiffers() bool { return d.BalanceHeld != d.BalanceAPI }
+func (d Drift) BalanceDiffers() bool { return !d.BalanceHeld.Equal(d.BalanceAPI) }
 
 // Report is the outcome of a verification.
 type Report struct {
@@ -78,7 +81,7 @@ func (r *Report) WriteTo(w io.Writer) (int64, error) {
 			p(" %d mismatched %v", len(d.Mismatched), first(d.Mismatched))
 		}
 		if d.BalanceDiffers() {
-			p(" balance held %d, API %d", d.BalanceHeld, d.BalanceAPI)
+			p(" balance held %s, API %s", d.BalanceHeld, d.BalanceAPI)
 		}
 		p("\n")
 	}
@@ -282,10 +285,10 @@ func verifyCustomer(ctx context.Context, o VerifyOptions, account, customer stri
 	if err := json.Unmarshal(body, &cus); err != nil {
 		return nil, 0, false, fmt.Errorf("decode customer: %w", err)
 	}
-	d := &Drift{Account: account, Customer: customer, Mismatched: mismatched, BalanceAPI: cus.Balance}
+	d := &Drift{Account: account, Customer: customer, Mismatched: mismatched, BalanceAPI: decimal.NewFromInt(cus.Balance)}
 	for _, id := range listedIDs { // newest first: the first held is the newest held
 		if h, ok := held[id]; ok {
-			d.BalanceHeld = h.endingBalance
+			d.BalanceHeld = decimal.NewFromInt(h.endingBalance)
 			break
 		}
 	}
