@@ -20,9 +20,6 @@ import (
 // runBackfill pages the source API into ClickHouse; exit 1 unless every
 // customer it set out to read is committed and checkpointed.
 func runBackfill(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) error {
-	if cfg.Provider != config.Stripe {
-		return &config.UsageError{Err: fmt.Errorf("--provider %s: only stripe can be backfilled in this version", cfg.Provider)}
-	}
 	conn, err := openCurrent(ctx, cfg)
 	if err != nil {
 		return err
@@ -38,14 +35,19 @@ func runBackfill(ctx context.Context, cfg *config.Config, log *zap.Logger, e env
 			mode = "line"
 		}
 	}
+	var src backfill.Lister = stripeSource(cfg, m, log)
+	accounts, allAccounts := cfg.StripeAccounts, cfg.StripeAllAccounts
+	if cfg.Provider == config.Orb {
+		src, accounts, allAccounts = orbSource(cfg, m, log), nil, false
+	}
 	sum, err := backfill.Run(ctx, backfill.Options{
-		Source:       stripeSource(cfg, m, log),
+		Source:       src,
 		Conn:         conn,
 		Sink:         sk,
 		Metrics:      m,
 		Logger:       log,
-		Accounts:     cfg.StripeAccounts,
-		AllAccounts:  cfg.StripeAllAccounts,
+		Accounts:     accounts,
+		AllAccounts:  allAccounts,
 		Customers:    cfg.Customers,
 		Since:        cfg.Since,
 		Full:         cfg.Full,
@@ -92,6 +94,16 @@ func stripeSource(cfg *config.Config, m *metrics.Metrics, log *zap.Logger) *back
 		APIKey:    cfg.StripeAPIKey,
 		URL:       cfg.StripeAPIURL,
 		RateLimit: cfg.RateLimitFor(config.Stripe),
+		Metrics:   m,
+		Logger:    log,
+	})
+}
+
+func orbSource(cfg *config.Config, m *metrics.Metrics, log *zap.Logger) *backfill.OrbSource {
+	return backfill.NewOrbSource(backfill.OrbOptions{
+		APIKey:    cfg.OrbAPIKey,
+		URL:       cfg.OrbAPIURL,
+		RateLimit: cfg.RateLimitFor(config.Orb),
 		Metrics:   m,
 		Logger:    log,
 	})

@@ -33,6 +33,13 @@ func webhookRoutes(cfg *config.Config, common webhook.Common, dirty webhook.Dirt
 			Dirty:        dirty,
 		}))
 	}
+	if len(cfg.OrbWebhookSecrets) > 0 {
+		mux.Handle("/webhooks/orb", webhook.Orb(webhook.OrbOptions{
+			Common:    common,
+			Secrets:   cfg.OrbWebhookSecrets,
+			Tolerance: cfg.WebhookTolerance,
+		}))
+	}
 	return mux
 }
 
@@ -57,13 +64,16 @@ func adminRoutes(m *metrics.Metrics, ready *readiness) http.Handler {
 // flushes the sink, all within --shutdown-timeout.
 func runServe(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) error {
 	m := metrics.New()
-	stripeOn := len(cfg.StripeWebhookSecrets) > 0
+	stripeOn, orbOn := len(cfg.StripeWebhookSecrets) > 0, len(cfg.OrbWebhookSecrets) > 0
 	log.Info("sources",
 		zap.Bool("stripe_webhooks", stripeOn), zap.Int("stripe_webhook_secrets", len(cfg.StripeWebhookSecrets)),
 		zap.Bool("stripe_refresh", stripeOn), zap.String("stripe_api_url", cfg.StripeAPIURL),
-		zap.Bool("orb_webhooks", false))
+		zap.Bool("orb_webhooks", orbOn), zap.Int("orb_webhook_secrets", len(cfg.OrbWebhookSecrets)))
 	if !stripeOn {
 		log.Warn("no --stripe-webhook-secret: POST /webhooks/stripe is not served")
+	}
+	if !orbOn {
+		log.Info("no --orb-webhook-secret: POST /webhooks/orb is not served")
 	}
 
 	webLn, err := net.Listen("tcp", cfg.Listen)

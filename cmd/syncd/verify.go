@@ -15,25 +15,34 @@ import (
 // runVerify prints the drift between ClickHouse and the source API; exit 1
 // when there is any.
 func runVerify(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) error {
-	if cfg.Provider != config.Stripe {
-		return &config.UsageError{Err: fmt.Errorf("--provider %s: only stripe can be verified in this version", cfg.Provider)}
-	}
 	conn, err := openCurrent(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	m := metrics.New()
-	rep, err := backfill.Verify(ctx, backfill.VerifyOptions{
-		Source:      stripeSource(cfg, m, log),
-		Conn:        conn,
-		Metrics:     m,
-		Logger:      log,
-		Accounts:    cfg.StripeAccounts,
-		AllAccounts: cfg.StripeAllAccounts,
-		Customers:   cfg.Customers,
-		Concurrency: cfg.Concurrency,
-	})
+	var rep *backfill.Report
+	if cfg.Provider == config.Orb {
+		rep, err = backfill.VerifyOrb(ctx, backfill.OrbVerifyOptions{
+			Source:      orbSource(cfg, m, log),
+			Conn:        conn,
+			Metrics:     m,
+			Logger:      log,
+			Customers:   cfg.Customers,
+			Concurrency: cfg.Concurrency,
+		})
+	} else {
+		rep, err = backfill.Verify(ctx, backfill.VerifyOptions{
+			Source:      stripeSource(cfg, m, log),
+			Conn:        conn,
+			Metrics:     m,
+			Logger:      log,
+			Accounts:    cfg.StripeAccounts,
+			AllAccounts: cfg.StripeAllAccounts,
+			Customers:   cfg.Customers,
+			Concurrency: cfg.Concurrency,
+		})
+	}
 	if err != nil {
 		return fmt.Errorf("verify could not finish: %w", err)
 	}
