@@ -1,0 +1,489 @@
+// Command webhookbench measures syncd's Stripe webhook route: it signs and
+// POSTs customer_balance_transaction events over loopback with N concurrent
+// connections and reports durable events/s and ack latency, next to the bare
+// cost of the stack measured in the same run.
+//
+//	go run ./cmd/webhookbench
+//
+// Without -target it builds and starts `syncd serve` itself (after `syncd
+// migrate`) on a fresh database it drops at the end, on a private ClickHouse
+// server unless -clickhouse-dsn names one.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	stripewebhook "github.com/stripe/stripe-go/v82/webhook"
+
+	"github.com/syncd/syncd/internal/chserver"
+	"github.com/syncd/syncd/internal/row"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "webhookbench:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	target   string
+	secret   string
+	dsn      string
+	syncd    string
+	conns    int
+	duration time.Duration
+	rate     int
+}
+
+func run(args []string, stdout io.Writer) error {
+	var o options
+	fs := flag.NewFlagSet("webhookbench", flag.ContinueOnError)
+	fs.StringVar(&o.target, "target", "", "base URL of a running syncd serve (default: start one)")
+	fs.StringVar(&o.secret, "secret", "whsec_webhookbench", "webhook secret the target is configured with")
+	fs.StringVar(&o.dsn, "clickhouse-dsn", "", "ClickHouse server for the syncd this program starts, on which a fresh database is made (default: a private server in a temp dir)")
+	fs.StringVar(&o.syncd, "syncd", "", "syncd binary to start (default: go build ./cmd/syncd)")
+	fs.IntVar(&o.conns, "conns", 256, "concurrent connections (Stripe delivers over many)")
+	fs.DurationVar(&o.duration, "duration", 10*time.Second, "length of each load run")
+	fs.IntVar(&o.rate, "rate", 1000, "events per second of the fixed-rate run")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+
+	fmt.Fprintf(stdout, "webhookbench: %d CPUs, GOMAXPROCS %d, %s, %s, load average at start %s\n\n", runtime.NumCPU(),
+		runtime.GOMAXPROCS(0), runtime.Version(), time.Now().UTC().Format(time.RFC3339), loadAverage())
+
+	bare := measureVerifyDecode(o.secret, 2*time.Second)
+	fmt.Fprintf(stdout, "signature check + envelope decode + normalise, in-process, 1 goroutine: %.0f events/s (%.1f µs each)\n\n",
+		bare, 1e6/bare)
+
+	plain, stop, err := plainServer()
+	if err != nil {
+		return err
+	}
+	defer stop()
+
+	target, admin := o.target, ""
+	if target == "" {
+		srv, err := startSyncd(o)
+		if err != nil {
+			return err
+		}
+		defer srv.stop()
+		target, admin = srv.url, srv.admin
+	}
+
+	fmt.Fprintln(stdout, "| run | conns | offered | events/s (2xx) | non-2xx | p50 ack | p99 ack | max ack |")
+	fmt.Fprintln(stdout, "|---|---|---|---|---|---|---|---|")
+	report := func(name string, conns int, offered string, r result) {
+		fmt.Fprintf(stdout, "| %s | %d | %s | %.0f | %d | %s | %s | %s |\n", name, conns, offered, r.rate(),
+			r.failed, ms(r.quantile(0.50)), ms(r.quantile(0.99)), ms(r.quantile(1)))
+	}
+	report("plain net/http 200 handler", o.conns, "max", load(plain, o.secret, o.conns, 0, o.duration))
+	// Warm-up: connections, ClickHouse parts, the sink's first inserts.
+	load(target, o.secret, o.conns, 0, 2*time.Second)
+	for _, run := range []struct {
+		conns int
+		rate  int
+	}{{o.conns, 0}, {o.conns, o.rate}} {
+		before := sinkStats(admin)
+		r := load(target, o.secret, run.conns, run.rate, o.duration)
+		offered := "max"
+		if run.rate > 0 {
+			offered = fmt.Sprintf("%d/s", run.rate)
+		}
+		report("syncd, object events, durable", run.conns, offered, r)
+		if admin != "" {
+			after := sinkStats(admin)
+			n, rows, secs := after[0]-before[0], after[1]-before[1], after[2]-before[2]
+			if n > 0 {
+				inserts = append(inserts, fmt.Sprintf("%s: %.0f inserts, %.0f rows each, %.1f ms each (mean)", offered, n, rows/n, 1000*secs/n))
+			}
+		}
+	}
+	if len(inserts) > 0 {
+		fmt.Fprintln(stdout, "\nsyncd's ClickHouse inserts (both tables) during the runs:")
+		for _, l := range inserts {
+			fmt.Fprintln(stdout, "  "+l)
+		}
+	}
+	return nil
+}
+
+var inserts []string
+
+// sinkStats reads inserts, rows and insert seconds from syncd's /metrics.
+func sinkStats(admin string) [3]float64 {
+	var out [3]float64
+	if admin == "" {
+		return out
+	}
+	resp, err := http.Get(admin + "/metrics")
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		name, value, ok := strings.Cut(sc.Text(), " ")
+		if !ok {
+			continue
+		}
+		var v float64
+		if _, err := fmt.Sscan(value, &v); err != nil {
+			continue
+		}
+		switch {
+		case name == "syncd_sink_flush_seconds_count":
+			out[0] = v
+		case strings.HasPrefix(name, "syncd_sink_rows_total{"):
+			out[1] += v
+		case name == "syncd_sink_flush_seconds_sum":
+			out[2] = v
+		}
+	}
+	return out
+}
+
+// loadAverage is /proc/loadavg's one-minute figure: how much else the
+// machine was doing.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	return strings.Fields(string(b))[0]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }
+
+var seq atomic.Int64
+
+// object returns a unique customer_balance_transaction event.
+func object() []byte {
+	n := seq.Add(1)
+	now := time.Now().Unix()
+	return fmt.Appendf(nil, `{"id":"evt_bench_%d","object":"event","account":null,"api_version":"2025-08-27.basil","created":%d,`+
+		`"data":{"object":{"id":"cbtxn_bench_%d","object":"customer_balance_transaction","amount":-%d,"checkout_session":null,`+
+		`"created":%d,"credit_note":null,"currency":"usd","customer":"cus_bench_%d","customer_account":null,"description":"bench credit",`+
+		`"ending_balance":-%d,"invoice":null,"livemode":false,"metadata":{"source":"webhookbench"},"type":"adjustment"}},`+
+		`"livemode":false,"pending_webhooks":1,"request":{"id":"req_bench","idempotency_key":null},"type":"customer_balance_transaction.created"}`,
+		n, now, n, 100+n%900, now, n%5000, 100+n%900)
+}
+
+// measureVerifyDecode runs, in a loop, the work the route does before it
+// queues rows: signature check, one decode of the envelope, the object's
+// normalisation.
+func measureVerifyDecode(secret string, d time.Duration) float64 {
+	body := object()
+	header := stripewebhook.GenerateTestSignedPayload(&stripewebhook.UnsignedPayload{Payload: body, Secret: secret, Timestamp: time.Now()}).Header
+	var env struct {
+		ID      string `json:"id"`
+		Type    string `json:"type"`
+		Created int64  `json:"created"`
+		Data    struct {
+			Object json.RawMessage `json:"object"`
+		} `json:"data"`
+	}
+	start := time.Now()
+	n := 0
+	for time.Since(start) < d {
+		for range 100 {
+			if err := stripewebhook.ValidatePayloadWithTolerance(body, header, secret, 5*time.Minute); err != nil {
+				panic(err)
+			}
+			if err := json.Unmarshal(body, &env); err != nil {
+				panic(err)
+			}
+			txn, err := row.NormalizeStripe(env.Data.Object, row.Meta{Source: row.SourceWebhook, EventID: &env.ID, ObservedAt: time.Unix(env.Created, 0)})
+			if err != nil {
+				panic(err)
+			}
+			_ = txn.Values()
+			n++
+		}
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+// plainServer is net/http with a handler that reads the body and answers
+// 200: what the machine can do with no work behind the route.
+func plainServer() (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusOK)
+	})}
+	go srv.Serve(ln)
+	return "http://" + ln.Addr().String(), func() { srv.Close() }, nil
+}
+
+type result struct {
+	ok, failed int
+	elapsed    time.Duration
+	latencies  []time.Duration
+}
+
+func (r result) rate() float64 { return float64(r.ok) / r.elapsed.Seconds() }
+
+func (r result) quantile(q float64) time.Duration {
+	if len(r.latencies) == 0 {
+		return 0
+	}
+	i := int(q * float64(len(r.latencies)-1))
+	return r.latencies[i]
+}
+
+// load POSTs signed object events to base/webhooks/stripe from conns
+// workers for d: as fast as answers come (rate 0), or at rate events/s
+// with latency measured from each event's scheduled time, so a stall
+// counts against every event it delays.
+func load(base, secret string, conns, rate int, d time.Duration) result {
+	tr := &http.Transport{MaxIdleConns: conns, MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, IdleConnTimeout: time.Minute}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	endpoint := base + "/webhooks/stripe"
+
+	var (
+		mu  sync.Mutex
+		res result
+		wg  sync.WaitGroup
+	)
+	start := time.Now()
+	deadline := start.Add(d)
+	var schedule chan time.Time
+	if rate > 0 {
+		schedule = make(chan time.Time, rate)
+		go func() {
+			defer close(schedule)
+			interval := time.Second / time.Duration(rate)
+			for i := 0; ; i++ {
+				at := start.Add(time.Duration(i) * interval)
+				if at.After(deadline) {
+					return
+				}
+				time.Sleep(time.Until(at))
+				schedule <- at
+			}
+		}()
+	}
+	for range conns {
+		wg.Go(func() {
+			var lat []time.Duration
+			ok, failed := 0, 0
+			for {
+				var began time.Time
+				if schedule != nil {
+					at, more := <-schedule
+					if !more {
+						break
+					}
+					began = at
+				} else {
+					if time.Now().After(deadline) {
+						break
+					}
+					began = time.Now()
+				}
+				body := object()
+				sig := stripewebhook.GenerateTestSignedPayload(&stripewebhook.UnsignedPayload{Payload: body, Secret: secret, Timestamp: time.Now()}).Header
+				req, _ := http.NewRequest(http.MethodPost, endpoint, strings.NewReader(string(body)))
+				req.Header.Set("Stripe-Signature", sig)
+				req.Header.Set("Content-Type", "application/json")
+				resp, err := client.Do(req)
+				if err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				if err == nil && resp.StatusCode == http.StatusOK {
+					ok++
+					lat = append(lat, time.Since(began))
+				} else {
+					failed++
+				}
+			}
+			mu.Lock()
+			res.ok += ok
+			res.failed += failed
+			res.latencies = append(res.latencies, lat...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	res.elapsed = time.Since(start)
+	slices.Sort(res.latencies)
+	return res
+}
+
+// syncdServer is a `syncd serve` child process on a fresh database.
+type syncdServer struct {
+	url, admin string
+	stop       func()
+}
+
+func startSyncd(o options) (*syncdServer, error) {
+	bin := o.syncd
+	var cleanup []func()
+	undo := func() {
+		for i := len(cleanup) - 1; i >= 0; i-- {
+			cleanup[i]()
+		}
+	}
+	if bin == "" {
+		dir, err := os.MkdirTemp("", "webhookbench-")
+		if err != nil {
+			return nil, err
+		}
+		cleanup = append(cleanup, func() { os.RemoveAll(dir) })
+		bin = filepath.Join(dir, "syncd")
+		if out, err := exec.Command("go", "build", "-o", bin, "github.com/syncd/syncd/cmd/syncd").CombinedOutput(); err != nil {
+			undo()
+			return nil, fmt.Errorf("go build syncd: %v\n%s", err, out)
+		}
+	}
+	server := o.dsn
+	if server == "" {
+		dir, err := os.MkdirTemp("", "webhookbench-ch-")
+		if err != nil {
+			undo()
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		ch, err := chserver.Start(ctx, dir)
+		cancel()
+		if err != nil {
+			os.RemoveAll(dir)
+			undo()
+			return nil, err
+		}
+		cleanup = append(cleanup, func() { _ = ch.Stop(); os.RemoveAll(dir) })
+		server = ch.DSN("default")
+	}
+	dsn, drop, err := freshDatabase(server)
+	if err != nil {
+		undo()
+		return nil, err
+	}
+	cleanup = append(cleanup, drop)
+	if out, err := exec.Command(bin, "migrate", "--clickhouse-dsn", dsn).CombinedOutput(); err != nil {
+		undo()
+		return nil, fmt.Errorf("syncd migrate: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin, "serve", "--clickhouse-dsn", dsn, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+		"--stripe-api-key", "sk_test_webhookbench", "--stripe-api-url", "http://127.0.0.1:1",
+		"--stripe-webhook-secret", o.secret)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		undo()
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		undo()
+		return nil, err
+	}
+	cleanup = append(cleanup, func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+	})
+	addr := make(chan [2]string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sent := false
+		for sc.Scan() {
+			var m map[string]any
+			if !sent && json.Unmarshal(sc.Bytes(), &m) == nil && m["msg"] == "serving" {
+				addr <- [2]string{m["listen"].(string), m["admin_listen"].(string)}
+				sent = true
+			}
+			if lvl, _ := m["level"].(string); lvl == "error" {
+				fmt.Fprintln(os.Stderr, "syncd:", sc.Text())
+			}
+		}
+	}()
+	select {
+	case a := <-addr:
+		s := &syncdServer{url: "http://" + a[0], admin: "http://" + a[1], stop: undo}
+		if err := waitWritable(s.url, o.secret); err != nil {
+			undo()
+			return nil, err
+		}
+		return s, nil
+	case <-time.After(30 * time.Second):
+		undo()
+		return nil, errors.New("syncd serve did not log its address within 30s")
+	}
+}
+
+// waitWritable waits until syncd has reached ClickHouse and stores events.
+func waitWritable(base, secret string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		r := load(base, secret, 1, 0, 10*time.Millisecond)
+		if r.ok > 0 {
+			return nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return errors.New("syncd did not store an event within 30s")
+}
+
+// freshDatabase returns dsn pointing at a new database, and a func that
+// drops it.
+func freshDatabase(dsn string) (string, func(), error) {
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return "", nil, errors.New("-clickhouse-dsn is not a URL")
+	}
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	db := "syncd_webhookbench_" + hex.EncodeToString(b)
+	u.Path = "/" + db
+	admin := *u
+	admin.Path = "/default"
+	opts, err := clickhouse.ParseDSN(admin.String())
+	if err != nil {
+		return "", nil, err
+	}
+	conn, err := clickhouse.Open(opts)
+	if err != nil {
+		return "", nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := conn.Exec(ctx, "CREATE DATABASE "+db); err != nil {
+		conn.Close()
+		return "", nil, fmt.Errorf("create database %s: %w", db, err)
+	}
+	drop := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+db)
+		conn.Close()
+	}
+	return u.String(), drop, nil
+}
