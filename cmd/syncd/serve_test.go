@@ -280,8 +280,8 @@ type sent struct {
 }
 
 // stream delivers evs one after another at rate per second, to whichever
-// address target returns at the time.
-func stream(evs []stripeemu.Event, rate int, target func() string) []sent {
+// address target returns at the time; acked, when set, is told of each 200.
+func stream(evs []stripeemu.Event, rate int, target func() string, acked func()) []sent {
 	client := &http.Client{Timeout: 15 * time.Second}
 	tick := time.NewTicker(time.Second / time.Duration(rate))
 	defer tick.Stop()
@@ -289,7 +289,12 @@ func stream(evs []stripeemu.Event, rate int, target func() string) []sent {
 	var wg sync.WaitGroup
 	for i, ev := range evs {
 		<-tick.C
-		wg.Go(func() { out[i] = sent{ev, deliver(client, target(), ev.Raw)} })
+		wg.Go(func() {
+			out[i] = sent{ev, deliver(client, target(), ev.Raw)}
+			if out[i].code == 200 && acked != nil {
+				acked()
+			}
+		})
 	}
 	wg.Wait()
 	return out
@@ -357,15 +362,23 @@ func TestServeKill9LosesNothingAcknowledged(t *testing.T) {
 	addr := p.web
 	target := func() string { mu.Lock(); defer mu.Unlock(); return addr }
 
-	half := len(evs) / 2
-	killed := make(chan struct{})
-	go func() {
-		time.Sleep(time.Duration(half) * time.Second / 100) // mid-stream at 100/s
-		_ = p.cmd.Process.Signal(syscall.SIGKILL)
-		<-p.done
-		close(killed)
-	}()
-	first := stream(evs, 100, target)
+	// SIGKILL once a fifth of the events are acknowledged: mid-stream.
+	var once sync.Once
+	acks, killed := 0, make(chan struct{})
+	kill := func() {
+		mu.Lock()
+		acks++
+		n := acks
+		mu.Unlock()
+		if n == len(evs)/5 {
+			once.Do(func() {
+				_ = p.cmd.Process.Signal(syscall.SIGKILL)
+				<-p.done
+				close(killed)
+			})
+		}
+	}
+	first := stream(evs, 50, target, kill)
 	<-killed
 
 	var owedAtKill int
@@ -385,7 +398,7 @@ func TestServeKill9LosesNothingAcknowledged(t *testing.T) {
 			retry = append(retry, s.ev)
 		}
 	}
-	second := stream(retry, 100, target)
+	second := stream(retry, 100, target, nil)
 	for _, s := range second {
 		if s.code != 200 {
 			t.Errorf("retry of %s after restart: %d", s.ev.ID, s.code)
@@ -421,11 +434,18 @@ func TestServeSIGTERMDrains(t *testing.T) {
 		"--stripe-webhook-secret", testSecret, "--shutdown-timeout", "20s"))
 	evs := mutate(t, emu, emu.Customers(), 77)
 
-	go func() {
-		time.Sleep(time.Duration(len(evs)/2) * time.Second / 200)
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	}()
-	results := stream(evs, 200, func() string { return p.web })
+	// SIGTERM once a fifth of the events are acknowledged: mid-stream.
+	var (
+		mu   sync.Mutex
+		acks int
+	)
+	results := stream(evs, 100, func() string { return p.web }, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if acks++; acks == len(evs)/5 {
+			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		}
+	})
 	select {
 	case <-p.done:
 	case <-time.After(30 * time.Second):
