@@ -20,6 +20,7 @@ func TestOrbEndToEnd(t *testing.T) {
 	const secret = "whsec_orb_e2e"
 	dsn, conn := migrated(t)
 	in := serveInProcess(t, serveArgs(dsn, "--orb-webhook-secret", "whsec_orb_retired,"+secret))
+	in.ready(t)
 	if m := in.logs.find(t, "sources", time.Second); m["orb_webhooks"] != true || m["stripe_webhooks"] != false {
 		t.Errorf("sources line %v, want only orb_webhooks on", m)
 	}

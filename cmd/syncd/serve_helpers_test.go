@@ -94,6 +94,13 @@ func (in *instance) bind(t testing.TB) {
 	waitStatus(t, in.admin+"/healthz", 200, 10*time.Second)
 }
 
+// ready waits until /readyz says ClickHouse answers and the schema is
+// current: before that, webhooks are rightly answered 503.
+func (in *instance) ready(t testing.TB) {
+	t.Helper()
+	waitStatus(t, in.admin+"/readyz", 200, 30*time.Second)
+}
+
 func serveArgs(dsn string, extra ...string) []string {
 	return append([]string{"serve", "--clickhouse-dsn", dsn,
 		"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-level", "info"}, extra...)

@@ -158,6 +158,7 @@ func TestServeConvergesUnderDuplicatesAndReordering(t *testing.T) {
 	emu, api := emulator(t, stripeemu.Config{Seed: 7, Customers: 6, Accounts: []string{"", "acct_conv"}}, nil)
 	in := serveInProcess(t, serveArgs(dsn, "--stripe-api-key", testAPIKey, "--stripe-api-url", api,
 		"--stripe-webhook-secret", testSecret, "--rate-limit", "500"))
+	in.ready(t)
 
 	customers := emu.Customers()
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -230,6 +231,7 @@ func TestServeConnectEventRefreshesThroughStripeAccount(t *testing.T) {
 		})
 	in := serveInProcess(t, serveArgs(dsn, "--stripe-api-key", testAPIKey, "--stripe-api-url", api,
 		"--stripe-webhook-secret", testSecret))
+	in.ready(t)
 
 	var target stripeemu.Customer
 	for _, c := range emu.Customers() {
