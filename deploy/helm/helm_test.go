@@ -27,6 +27,8 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/syncd/syncd/internal/metrics"
 )
 
 const (
@@ -1169,6 +1171,32 @@ func TestDashboard(t *testing.T) {
 	for name := range ExportedMetrics {
 		if !used[name] {
 			t.Errorf("no panel shows %s", name)
+		}
+	}
+}
+
+// TestExportedMetricsMatchTheBinary keeps ExportedMetrics honest: it is
+// exactly the set of syncd_ families the metrics package registers, with
+// their types, so a dashboard or alert cannot name a series syncd lacks.
+func TestExportedMetricsMatchTheBinary(t *testing.T) {
+	families, err := metrics.New().Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, f := range families {
+		if strings.HasPrefix(f.GetName(), "syncd_") {
+			got[f.GetName()] = strings.ToLower(f.GetType().String())
+		}
+	}
+	for name, typ := range ExportedMetrics {
+		if got[name] != typ {
+			t.Errorf("%s: the binary exports type %q, the list says %q", name, got[name], typ)
+		}
+	}
+	for name := range got {
+		if _, ok := ExportedMetrics[name]; !ok {
+			t.Errorf("%s is exported but missing from ExportedMetrics", name)
 		}
 	}
 }
