@@ -279,11 +279,6 @@ func (s *StripeSource) redact(err error) error {
 	return err
 }
 
-type listBody struct {
-	Data    []json.RawMessage `json:"data"`
-	HasMore bool              `json:"has_more"`
-}
-
 func (s *StripeSource) list(ctx context.Context, endpoint, account, path string, q url.Values) (Page, error) {
 	if len(q) > 0 {
 		path += "?" + q.Encode()
@@ -292,11 +287,11 @@ func (s *StripeSource) list(ctx context.Context, endpoint, account, path string,
 	if err != nil {
 		return Page{}, err
 	}
-	var lb listBody
-	if err := json.Unmarshal(body, &lb); err != nil {
+	items, more, err := splitList(body)
+	if err != nil {
 		return Page{}, fmt.Errorf("GET %s: decode list: %w", path, err)
 	}
-	return Page{Items: lb.Data, HasMore: lb.HasMore, ObservedAt: at}, nil
+	return Page{Items: items, HasMore: more, ObservedAt: at}, nil
 }
 
 // ListCustomers returns one page of account's customers, newest first,

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"sort"
 	"time"
+	"unicode/utf8"
 
 	"github.com/syncd/syncd/internal/sink"
 )
@@ -84,8 +85,8 @@ func expandableID(raw json.RawMessage) (*string, string) {
 	}
 	switch raw[0] {
 	case '"':
-		var s string
-		if err := json.Unmarshal(raw, &s); err != nil {
+		s, ok := plainString(raw)
+		if !ok {
 			return nil, "malformed string"
 		}
 		if s == "" {
@@ -113,11 +114,34 @@ func nullableString(raw json.RawMessage) (*string, string) {
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, ""
 	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
+	s, ok := plainString(raw)
+	if !ok {
 		return nil, "want a string or null"
 	}
 	return &s, ""
+}
+
+// plainString decodes a JSON string. Ids and most descriptions need no
+// unescaping: those are copied as they are, without a second pass of
+// encoding/json over bytes the object's decode has already checked.
+func plainString(raw json.RawMessage) (string, bool) {
+	if len(raw) >= 2 && raw[0] == '"' && raw[len(raw)-1] == '"' {
+		in, plain := raw[1:len(raw)-1], true
+		for _, c := range in {
+			if c < 0x20 || c == '\\' || c == '"' {
+				plain = false
+				break
+			}
+		}
+		if plain && utf8.Valid(in) {
+			return string(in), true
+		}
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return "", false
+	}
+	return s, true
 }
 
 // sortedMetadata returns metadata as parallel key/value arrays, keys sorted.
