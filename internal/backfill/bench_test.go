@@ -30,8 +30,10 @@ func BenchmarkRateLimitUtilisation(b *testing.B) {
 		rec := &stamps{base: http.DefaultTransport}
 		src := NewStripeSource(StripeOptions{APIKey: testKey, URL: url, RateLimit: limit, Retry: fastRetry,
 			Metrics: w.m, Logger: testLogger(b), HTTPClient: &http.Client{Transport: rec}})
+		start := time.Now()
 		sum, err := Run(context.Background(), Options{Source: src, Conn: w.conn, Sink: w.sink, Metrics: w.m,
 			Logger: testLogger(b), Full: true})
+		end := time.Now()
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -40,6 +42,8 @@ func BenchmarkRateLimitUtilisation(b *testing.B) {
 		b.ReportMetric(perSec/limit, "utilisation")
 		b.ReportMetric(steady/limit, "steady-utilisation")
 		b.Logf("%v: %.1f req/s of %d over the whole run; %.1f req/s between the 5th and 95th percentile request", sum, perSec, limit, steady)
+		b.Logf("first request %s after the start; last %s before the end; 95th percentile request %s before the end",
+			rec.at[0].Sub(start).Round(time.Millisecond), end.Sub(rec.at[len(rec.at)-1]).Round(time.Millisecond), end.Sub(rec.at[len(rec.at)*95/100]).Round(time.Millisecond))
 	}
 }
 
