@@ -2,7 +2,6 @@ package backfill
 
 import (
 	"bytes"
-	"context"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -37,24 +36,6 @@ func TestKillNineResumes(t *testing.T) {
 		return []string{cmd, "--clickhouse-dsn", w.dsn, "--stripe-api-url", url, "--stripe-api-key", testKey,
 			"--rate-limit", "150", "--log-level", "warn"}
 	}
-	ctx := context.Background()
-	doneCustomers := func() map[string]bool {
-		rows, err := w.conn.Query(ctx, `SELECT DISTINCT customer FROM backfill_customers`)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rows.Close()
-		out := map[string]bool{}
-		for rows.Next() {
-			var c string
-			if err := rows.Scan(&c); err != nil {
-				t.Fatal(err)
-			}
-			out[c] = true
-		}
-		return out
-	}
-
 	var out bytes.Buffer
 	first := exec.Command(bin, append(args("backfill"), "--progress", "none")...)
 	first.Stdout, first.Stderr = &out, &out
@@ -69,13 +50,13 @@ func TestKillNineResumes(t *testing.T) {
 			t.Fatalf("backfill ended before the kill (%v):\n%s", err, out.String())
 		default:
 		}
-		return len(doneCustomers()) >= customers/4
+		return len(doneIn(t, w)) >= customers/4
 	})
 	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	<-exited
-	done := doneCustomers()
+	done := doneIn(t, w)
 	if len(done) >= customers {
 		t.Fatalf("every customer was done before the kill: nothing left to resume")
 	}
