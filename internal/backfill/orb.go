@@ -130,44 +130,28 @@ func orbEndpoint(path string) string {
 // backoff (never shorter than Retry-After), and returns when the
 // successful response arrived.
 func (s *OrbSource) call(ctx context.Context, path string, fn func() error) (time.Time, error) {
-	start := time.Now()
-	for n := 1; ; n++ {
+	var arrived time.Time
+	err := s.retry.run(ctx, s.log, &s.retries, func() (bool, time.Duration, error) {
 		err := fn()
 		if err == nil {
-			return time.Now(), nil
+			arrived = time.Now()
+			return false, 0, nil
 		}
-		if ctx.Err() != nil {
-			return time.Time{}, ctx.Err()
-		}
-		re := &RequestError{Path: path, Attempts: n, Elapsed: time.Since(start), Err: err}
+		re := &RequestError{Path: path, Err: err}
 		var (
-			transient  bool
-			retryAfter time.Duration
-			ae         *orbapi.APIError
-			ne         net.Error
+			ae *orbapi.APIError
+			ne net.Error
 		)
 		switch {
 		case errors.As(err, &ae):
 			re.Status, re.Code = ae.Status, ae.Type
-			transient, retryAfter = ae.Temporary(), ae.RetryAfter
+			return ae.Temporary(), ae.RetryAfter, re
 		case errors.As(err, &ne), errors.Is(err, io.ErrUnexpectedEOF):
-			transient = true // no (complete) response
+			return true, 0, re // no (complete) response
 		}
-		if !transient || n >= s.retry.Attempts || time.Since(start) >= s.retry.MaxElapsed {
-			return time.Time{}, re
-		}
-		wait := max(s.retry.delay(n), retryAfter)
-		s.retries.Add(1)
-		s.log.Debug("source request failed; retrying", zap.String("path", path), zap.Int("status", re.Status),
-			zap.Int("attempt", n), zap.Duration("retry_in", wait), zap.Error(err))
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return time.Time{}, ctx.Err()
-		case <-t.C:
-		}
-	}
+		return false, 0, re
+	})
+	return arrived, err
 }
 
 // Customer returns an Orb customer as the API has it now, and remembers it

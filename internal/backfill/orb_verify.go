@@ -65,39 +65,23 @@ func VerifyOrb(ctx context.Context, o OrbVerifyOptions) (*Report, error) {
 	}
 
 	rep := &Report{}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	jobs := make(chan string)
 	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for range o.Concurrency {
-		wg.Go(func() {
-			for c := range jobs {
-				d, listed, err := verifyOrbCustomer(ctx, o.Source, c, held[c])
-				if err != nil {
-					cancel(fmt.Errorf("verify orb customer %s: %w", c, err))
-					continue
-				}
-				o.Metrics.BackfillCustomer.WithLabelValues(providerOrb).Inc()
-				mu.Lock()
-				rep.Customers++
-				rep.Transactions += listed
-				if d != nil {
-					rep.Drifts = append(rep.Drifts, *d)
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	for _, c := range customers {
-		select {
-		case jobs <- c:
-		case <-ctx.Done():
+	err = eachCustomer(ctx, o.Concurrency, customers, func(ctx context.Context, c string) error {
+		d, listed, err := verifyOrbCustomer(ctx, o.Source, c, held[c])
+		if err != nil {
+			return fmt.Errorf("verify orb customer %s: %w", c, err)
 		}
-	}
-	close(jobs)
-	wg.Wait()
-	if err := context.Cause(ctx); err != nil {
+		o.Metrics.BackfillCustomer.WithLabelValues(providerOrb).Inc()
+		mu.Lock()
+		defer mu.Unlock()
+		rep.Customers++
+		rep.Transactions += listed
+		if d != nil {
+			rep.Drifts = append(rep.Drifts, *d)
+		}
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
 	sort.Slice(rep.Drifts, func(i, j int) bool { return rep.Drifts[i].Customer < rep.Drifts[j].Customer })

@@ -211,13 +211,52 @@ func (t statusTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
+// run calls attempt until it succeeds (nil), fails for good, or the
+// policy gives up. A failed attempt is a *RequestError (its Path, Status,
+// Code, Param and Err set; run fills in Attempts and Elapsed) with whether
+// it is worth retrying and the server's Retry-After; any other error ends
+// the call as it is. Each retry is counted in retries.
+func (r *Retry) run(ctx context.Context, log *zap.Logger, retries *atomic.Int64,
+	attempt func() (transient bool, retryAfter time.Duration, err error)) error {
+	start := time.Now()
+	for n := 1; ; n++ {
+		transient, retryAfter, err := attempt()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var re *RequestError
+		if !errors.As(err, &re) {
+			return err
+		}
+		re.Attempts, re.Elapsed = n, time.Since(start)
+		if !transient || n >= r.Attempts || re.Elapsed >= r.MaxElapsed {
+			return re
+		}
+		wait := max(r.delay(n), retryAfter)
+		retries.Add(1)
+		log.Debug("source request failed; retrying", zap.String("path", re.Path), zap.Int("status", re.Status),
+			zap.Int("attempt", n), zap.Duration("retry_in", wait), zap.Error(re.Err))
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
 // get sends GET path (query included) as account ("" for the key's own),
 // retrying transient failures, and returns the body and when it arrived.
 func (s *StripeSource) get(ctx context.Context, endpoint, account, path string) ([]byte, time.Time, error) {
-	start := time.Now()
-	for n := 1; ; n++ {
+	var body []byte
+	var arrived time.Time
+	err := s.retry.run(ctx, s.log, &s.retries, func() (bool, time.Duration, error) {
 		if err := s.limiter.Wait(ctx); err != nil {
-			return nil, time.Time{}, err
+			return false, 0, err
 		}
 		a := &attempt{}
 		params := &stripe.RawParams{}
@@ -227,7 +266,7 @@ func (s *StripeSource) get(ctx context.Context, endpoint, account, path string) 
 		}
 		t0 := time.Now()
 		resp, err := s.backend.RawRequest(http.MethodGet, path, s.key, "", params)
-		arrived := time.Now()
+		arrived = time.Now()
 		s.requests.Add(1)
 		s.m.SourceSeconds.WithLabelValues("stripe").Observe(arrived.Sub(t0).Seconds())
 		status := a.status
@@ -238,15 +277,13 @@ func (s *StripeSource) get(ctx context.Context, endpoint, account, path string) 
 		}
 		s.m.SourceRequests.WithLabelValues("stripe", endpoint, metrics.Code(status)).Inc()
 		if err == nil && status < 300 {
-			return resp.RawJSON, arrived, nil
-		}
-		if ctx.Err() != nil {
-			return nil, time.Time{}, ctx.Err()
+			body = resp.RawJSON
+			return false, 0, nil
 		}
 		if err == nil {
 			err = fmt.Errorf("unexpected status %d", status)
 		}
-		re := &RequestError{Path: path, Status: status, Attempts: n, Elapsed: time.Since(start), Err: s.redact(err)}
+		re := &RequestError{Path: path, Status: status, Err: s.redact(err)}
 		var se *stripe.Error
 		if errors.As(err, &se) {
 			re.Code, re.Param = string(se.Code), se.Param
@@ -254,22 +291,12 @@ func (s *StripeSource) get(ctx context.Context, endpoint, account, path string) 
 		}
 		// No response at all (connection refused or reset, timeout) is
 		// transient too.
-		transient := status == 0 || status == http.StatusTooManyRequests || status >= 500
-		if !transient || n >= s.retry.Attempts || time.Since(start) >= s.retry.MaxElapsed {
-			return nil, time.Time{}, re
-		}
-		wait := max(s.retry.delay(n), a.retryAfter)
-		s.retries.Add(1)
-		s.log.Debug("source request failed; retrying", zap.String("path", path), zap.Int("status", status),
-			zap.Int("attempt", n), zap.Duration("retry_in", wait), zap.Error(re.Err))
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, time.Time{}, ctx.Err()
-		case <-t.C:
-		}
+		return status == 0 || status == http.StatusTooManyRequests || status >= 500, a.retryAfter, re
+	})
+	if err != nil {
+		return nil, time.Time{}, err
 	}
+	return body, arrived, nil
 }
 
 func (s *StripeSource) redact(err error) error {

@@ -174,33 +174,41 @@ func verifyAccount(ctx context.Context, o VerifyOptions, account string, rep *Re
 		return err
 	}
 
+	var mu sync.Mutex
+	return eachCustomer(ctx, o.Concurrency, customers, func(ctx context.Context, c string) error {
+		d, listed, found, err := verifyCustomer(ctx, o, account, c, held[c])
+		if err != nil {
+			return fmt.Errorf("verify customer %s of %s: %w", c, accountName(account), err)
+		}
+		o.Metrics.BackfillCustomer.WithLabelValues("stripe").Inc()
+		mu.Lock()
+		defer mu.Unlock()
+		if found {
+			rep.Customers++
+			rep.Transactions += listed
+		}
+		if d != nil {
+			rep.Drifts = append(rep.Drifts, *d)
+		}
+		return nil
+	})
+}
+
+// eachCustomer calls check for every customer, n at a time. The first
+// error cancels the calls not yet made and is returned.
+func eachCustomer(ctx context.Context, n int, customers []string, check func(ctx context.Context, customer string) error) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	jobs := make(chan string)
-	var mu sync.Mutex
 	var wg sync.WaitGroup
-	for range o.Concurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+	for range n {
+		wg.Go(func() {
 			for c := range jobs {
-				d, listed, found, err := verifyCustomer(ctx, o, account, c, held[c])
-				if err != nil {
-					cancel(fmt.Errorf("verify customer %s of %s: %w", c, accountName(account), err))
-					continue
+				if err := check(ctx, c); err != nil {
+					cancel(err)
 				}
-				o.Metrics.BackfillCustomer.WithLabelValues("stripe").Inc()
-				mu.Lock()
-				if found {
-					rep.Customers++
-					rep.Transactions += listed
-				}
-				if d != nil {
-					rep.Drifts = append(rep.Drifts, *d)
-				}
-				mu.Unlock()
 			}
-		}()
+		})
 	}
 	for _, c := range customers {
 		select {
