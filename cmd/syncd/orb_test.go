@@ -58,6 +58,9 @@ func TestOrbEndToEnd(t *testing.T) {
 		t.Fatalf("webhook deliveries %+v, want 20 delivered", st)
 	}
 
+	// A 200 means the intake row committed; the transaction rows follow
+	// in the background.
+	in.settled(t)
 	out, err := syncd("verify")
 	if err != nil || !strings.Contains(out, "no drift") {
 		t.Fatalf("verify: %v\n%s", err, out)

@@ -90,7 +90,7 @@ func runServe(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) e
 		store = &store{}
 		ready = &readiness{store: store}
 	)
-	common := webhook.Common{Sink: store, Metrics: m, Logger: log.Named("webhook")}
+	common := webhook.Common{Sink: store, Background: background{store}, Metrics: m, Logger: log.Named("webhook")}
 	web := &http.Server{
 		Handler:           webhookRoutes(cfg, common, store),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -116,6 +116,7 @@ func runServe(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) e
 	)
 	close(refresherDone)
 	connected, connectDone := make(chan struct{}), make(chan struct{})
+	var made *backend // set before connectDone closes: what the drain closes
 	go func() {
 		defer close(connectDone)
 		conn, err := connect(ctx, cfg.ClickHouseDSN, log)
@@ -126,7 +127,15 @@ func runServe(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) e
 			BatchRows: cfg.BatchRows, FlushInterval: cfg.FlushInterval, QueueRows: cfg.QueueRows,
 			Metrics: m, Logger: log.Named("sink"),
 		})
-		b := &backend{conn: conn, sink: sk}
+		// Transaction rows of object events, which the 200 does not wait
+		// for, go through a sink of their own that lingers: fewer, larger
+		// inserts into the wide transaction tables leave ClickHouse to the
+		// intake-log inserts the requests wait for.
+		bg := sink.New(conn, sink.Options{
+			BatchRows: cfg.BatchRows, FlushInterval: max(cfg.FlushInterval, backgroundLinger), QueueRows: cfg.QueueRows,
+			Metrics: m, Logger: log.Named("sink"),
+		})
+		b := &backend{conn: conn, sink: sk, background: bg}
 		if stripeOn {
 			src := backfill.NewStripeSource(backfill.StripeOptions{
 				APIKey: cfg.StripeAPIKey, URL: cfg.StripeAPIURL, RateLimit: cfg.RateLimitFor(config.Stripe),
@@ -136,6 +145,15 @@ func runServe(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) e
 				Source: src, Sink: sk, Conn: conn, Metrics: m, Logger: log.Named("refresh"), Workers: cfg.RefreshWorkers,
 			})
 		}
+		made = b
+		// Transaction rows of acknowledged object events that a crash lost
+		// are made again from the intake log before any webhook is taken:
+		// until then the routes answer 503 and /readyz is false.
+		store.recovering.Store(true)
+		if err := recoverTxnRows(ctx, conn, bg, log.Named("recover")); err != nil {
+			return // ctx ended
+		}
+		store.recovering.Store(false)
 		store.b.Store(b)
 		close(connected)
 	}()
@@ -183,9 +201,11 @@ func runServe(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) e
 		runErr = errors.Join(runErr, errors.New("refresher did not stop within --shutdown-timeout"))
 	}
 	<-connectDone
-	if b := store.b.Load(); b != nil {
-		if err := b.sink.Close(drain); err != nil {
-			runErr = errors.Join(runErr, err)
+	if b := made; b != nil {
+		for _, sk := range []*sink.Sink{b.sink, b.background} {
+			if err := sk.Close(drain); err != nil {
+				runErr = errors.Join(runErr, err)
+			}
 		}
 		b.conn.Close()
 	}
@@ -219,27 +239,80 @@ func connect(ctx context.Context, dsn string, log *zap.Logger) (driver.Conn, err
 	}
 }
 
+// recoverTxnRows runs webhook.Recover until it succeeds or ctx ends,
+// retrying while ClickHouse fails (or its schema is not there yet).
+func recoverTxnRows(ctx context.Context, conn driver.Conn, sk *sink.Sink, log *zap.Logger) error {
+	wait := 250 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		_, err := webhook.Recover(ctx, webhook.RecoverOptions{Conn: conn, Sink: sk, Logger: log})
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		log.Warn("cannot replay transaction rows from the intake log yet; webhooks wait",
+			zap.Int("attempt", attempt), zap.Duration("retry_in", wait), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
+// backgroundLinger is how long the background sink lets transaction rows
+// of object events gather before an insert (at least; --flush-interval
+// when longer). It bounds how far those rows trail their 200 when idle.
+const backgroundLinger = 200 * time.Millisecond
+
 // backend is what exists once ClickHouse has been reached.
 type backend struct {
-	conn      driver.Conn
-	sink      *sink.Sink
-	refresher *backfill.Refresher // nil when Stripe is off
+	conn       driver.Conn
+	sink       *sink.Sink
+	background *sink.Sink          // rows derived from acknowledged events
+	refresher  *backfill.Refresher // nil when Stripe is off
 }
 
 // store stands in for the sink and the refresher until ClickHouse has been
-// reached: until then every write is refused, so webhooks answer 503.
+// reached and lost transaction rows recovered: until then every write is
+// refused, so webhooks answer 503.
 type store struct {
-	b atomic.Pointer[backend]
+	b          atomic.Pointer[backend]
+	recovering atomic.Bool
 }
 
-var errNotConnected = errors.New("clickhouse not reached yet")
+var (
+	errNotConnected = errors.New("clickhouse not reached yet")
+	errRecovering   = errors.New("replaying transaction rows from the intake log")
+)
+
+// notServing says why b is not there yet.
+func (s *store) notServing() error {
+	if s.recovering.Load() {
+		return errRecovering
+	}
+	return errNotConnected
+}
 
 func (s *store) TryWrite(t sink.Table, rows ...[]any) (*sink.Ack, error) {
 	b := s.b.Load()
 	if b == nil {
-		return nil, errNotConnected
+		return nil, s.notServing()
 	}
 	return b.sink.TryWrite(t, rows...)
+}
+
+// background is the store's writer of derived rows.
+type background struct{ s *store }
+
+func (bg background) TryWrite(t sink.Table, rows ...[]any) (*sink.Ack, error) {
+	b := bg.s.b.Load()
+	if b == nil {
+		return nil, bg.s.notServing()
+	}
+	return b.background.TryWrite(t, rows...)
 }
 
 func (s *store) MarkDirty(account, customer string) {
@@ -277,7 +350,7 @@ func (rd *readiness) check(ctx context.Context) error {
 	}
 	b := rd.store.b.Load()
 	if b == nil {
-		return errNotConnected
+		return rd.store.notServing()
 	}
 	rd.mu.Lock()
 	defer rd.mu.Unlock()

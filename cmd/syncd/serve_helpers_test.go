@@ -101,6 +101,20 @@ func (in *instance) ready(t testing.TB) {
 	waitStatus(t, in.admin+"/readyz", 200, 30*time.Second)
 }
 
+// settled waits until the sink has committed every row queued so far, as
+// /metrics reports it: an object event's transaction row is committed in
+// the background, after the 200.
+func (in *instance) settled(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(scrape(t, in.admin), "\nsyncd_sink_queue_rows 0\n") {
+		if time.Now().After(deadline) {
+			t.Fatal("sink queue not empty after 20s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func serveArgs(dsn string, extra ...string) []string {
 	return append([]string{"serve", "--clickhouse-dsn", dsn,
 		"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-level", "info"}, extra...)
@@ -353,18 +367,5 @@ func scrape(t testing.TB, admin string) string {
 // eventIDs returns the ids in stripe_events.
 func eventIDs(t testing.TB, conn driver.Conn) map[string]bool {
 	t.Helper()
-	rows, err := conn.Query(context.Background(), "SELECT DISTINCT id FROM stripe_events")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	out := map[string]bool{}
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			t.Fatal(err)
-		}
-		out[id] = true
-	}
-	return out
+	return ids(t, conn, "stripe_events")
 }

@@ -389,8 +389,10 @@ func TestServeKill9LosesNothingAcknowledged(t *testing.T) {
 			owedAtKill++
 		}
 	}
-	// Restart; Stripe retries what was not acknowledged.
+	// Restart; Stripe retries what was not acknowledged, once it is ready
+	// (before that, 503 is the right answer).
 	p2 := startProcess(t, bin, args)
+	p2.ready(t)
 	mu.Lock()
 	addr = p2.web
 	mu.Unlock()

@@ -1,7 +1,10 @@
 // Command webhookbench measures syncd's Stripe webhook route: it signs and
 // POSTs customer_balance_transaction events over loopback with N concurrent
 // connections and reports durable events/s and ack latency, next to the bare
-// cost of the stack measured in the same run.
+// cost of the stack measured in the same run. A 200 means the event's
+// stripe_events row has committed; the transaction row it carries is
+// committed in the background, and after each run the program waits for
+// that backlog and reports how long it took.
 //
 //	go run ./cmd/webhookbench
 //
@@ -115,15 +118,25 @@ func run(args []string, stdout io.Writer) error {
 		}
 		report("syncd, object events, durable", run.conns, offered, r)
 		if admin != "" {
+			// A 200 waits for the intake row; the transaction row is
+			// committed in the background. Count the run as done when that
+			// backlog is, so the next run does not inherit it.
+			backlog := queuedRows(admin)
+			drained, ok := waitDrained(admin, 2*time.Minute)
 			after := sinkStats(admin)
-			n, rows, secs := after[0]-before[0], after[1]-before[1], after[2]-before[2]
+			n, secs := after.inserts-before.inserts, after.seconds-before.seconds
 			if n > 0 {
-				inserts = append(inserts, fmt.Sprintf("%s: %.0f inserts, %.0f rows each, %.1f ms each (mean)", offered, n, rows/n, 1000*secs/n))
+				l := fmt.Sprintf("%s: %.0f inserts, %.0f rows each, %.1f ms each (mean); rows: %s; queued when the load stopped: %.0f rows, all committed %s later",
+					offered, n, (after.total()-before.total())/n, 1000*secs/n, after.minus(before), backlog, drained.Round(10*time.Millisecond))
+				if !ok {
+					l += " (NOT drained: gave up)"
+				}
+				inserts = append(inserts, l)
 			}
 		}
 	}
 	if len(inserts) > 0 {
-		fmt.Fprintln(stdout, "\nsyncd's ClickHouse inserts (both tables) during the runs:")
+		fmt.Fprintln(stdout, "\nsyncd's ClickHouse inserts (all tables) during each run and its background drain:")
 		for _, l := range inserts {
 			fmt.Fprintln(stdout, "  "+l)
 		}
@@ -133,15 +146,81 @@ func run(args []string, stdout io.Writer) error {
 
 var inserts []string
 
-// sinkStats reads inserts, rows and insert seconds from syncd's /metrics.
-func sinkStats(admin string) [3]float64 {
-	var out [3]float64
+type stats struct {
+	inserts, seconds float64
+	rows             map[string]float64 // by table
+}
+
+func (s stats) total() float64 {
+	t := 0.0
+	for _, v := range s.rows {
+		t += v
+	}
+	return t
+}
+
+// minus lists the rows written per table since before.
+func (s stats) minus(before stats) string {
+	var parts []string
+	for table, v := range s.rows {
+		if d := v - before.rows[table]; d > 0 {
+			parts = append(parts, fmt.Sprintf("%s %.0f", table, d))
+		}
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ", ")
+}
+
+// queuedRows reads syncd_sink_queue_rows; -1 when unknown.
+func queuedRows(admin string) float64 {
+	v := -1.0
+	scrapeMetrics(admin, func(name string, value float64) {
+		if name == "syncd_sink_queue_rows" {
+			v = value
+		}
+	})
+	return v
+}
+
+// waitDrained waits until syncd's sink queue is empty and says how long
+// that took.
+func waitDrained(admin string, limit time.Duration) (time.Duration, bool) {
+	start := time.Now()
+	for time.Since(start) < limit {
+		if queuedRows(admin) == 0 {
+			return time.Since(start), true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return time.Since(start), false
+}
+
+// sinkStats reads inserts, rows per table and insert seconds from syncd's
+// /metrics.
+func sinkStats(admin string) stats {
+	out := stats{rows: map[string]float64{}}
+	scrapeMetrics(admin, func(name string, v float64) {
+		switch {
+		case name == "syncd_sink_flush_seconds_count":
+			out.inserts = v
+		case strings.HasPrefix(name, "syncd_sink_rows_total{"):
+			table := strings.TrimSuffix(strings.TrimPrefix(name, `syncd_sink_rows_total{table="`), `"}`)
+			out.rows[table] += v
+		case name == "syncd_sink_flush_seconds_sum":
+			out.seconds = v
+		}
+	})
+	return out
+}
+
+// scrapeMetrics calls fn with each sample of syncd's /metrics.
+func scrapeMetrics(admin string, fn func(name string, value float64)) {
 	if admin == "" {
-		return out
+		return
 	}
 	resp, err := http.Get(admin + "/metrics")
 	if err != nil {
-		return out
+		return
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
@@ -155,16 +234,8 @@ func sinkStats(admin string) [3]float64 {
 		if _, err := fmt.Sscan(value, &v); err != nil {
 			continue
 		}
-		switch {
-		case name == "syncd_sink_flush_seconds_count":
-			out[0] = v
-		case strings.HasPrefix(name, "syncd_sink_rows_total{"):
-			out[1] += v
-		case name == "syncd_sink_flush_seconds_sum":
-			out[2] = v
-		}
+		fn(name, v)
 	}
-	return out
 }
 
 // loadAverage is /proc/loadavg's one-minute figure: how much else the

@@ -65,6 +65,12 @@ func (a *orbAccepter) accept(header http.Header, body []byte, now time.Time) (*d
 	if err := orbsig.Verify(body, header, a.secrets, a.tolerance, now); err != nil {
 		return nil, badSignature(orbSigReason(err))
 	}
+	return a.decode(body, now)
+}
+
+// decode turns a verified body received at now into its rows; Recover
+// runs it again on orb_events' payloads.
+func (a *orbAccepter) decode(body []byte, now time.Time) (*delivery, error) {
 	var ev orbEnvelope
 	if err := json.Unmarshal(body, &ev); err != nil {
 		return nil, badRequest("malformed event JSON")
@@ -99,12 +105,13 @@ func (a *orbAccepter) accept(header http.Header, body []byte, now time.Time) (*d
 		if err != nil {
 			return nil, badRequest(err.Error())
 		}
-		d.writes = append(d.writes, write{row.OrbTxnTable, txn.Values()})
+		txn.SyncedAt = now.UTC()
+		d.writes = append(d.writes, write{table: row.OrbTxnTable, row: txn.Values(), derived: true})
 	} else {
 		d.ignored = true
 	}
 	intake := row.OrbEvent{ID: ev.ID, Type: ev.Type, Created: created, CustomerID: cust.ID, Payload: body, ReceivedAt: now}
-	d.writes = append(d.writes, write{row.OrbEventTable, intake.Values()})
+	d.writes = append(d.writes, write{table: row.OrbEventTable, row: intake.Values()})
 	return d, nil
 }
 

@@ -128,6 +128,13 @@ func (s *stripeAccepter) accept(header http.Header, body []byte, now time.Time) 
 	if err := verifyStripe(body, header.Get(StripeSignatureHeader), s.secrets, s.tolerance, now); err != nil {
 		return nil, badSignature(stripeSigReason(err))
 	}
+	return s.decode(body, now)
+}
+
+// decode turns a verified body received at now into its rows. Recover
+// runs it again on the intake log's payloads, so a replayed row equals the
+// one the request queued (_synced_at is now, the arrival time).
+func (s *stripeAccepter) decode(body []byte, now time.Time) (*delivery, error) {
 	var ev stripeEnvelope
 	if err := json.Unmarshal(body, &ev); err != nil {
 		return nil, badRequest("malformed event JSON")
@@ -164,8 +171,9 @@ func (s *stripeAccepter) accept(header http.Header, body []byte, now time.Time) 
 		if err != nil {
 			return nil, badRequest(err.Error())
 		}
+		txn.SyncedAt = now.UTC()
 		d.typeLabel = stripeTxnObject
-		d.writes = append(d.writes, write{row.StripeTxnTable, txn.Values()})
+		d.writes = append(d.writes, write{table: row.StripeTxnTable, row: txn.Values(), derived: true})
 	case s.triggers[ev.Type]:
 		intake.Customer = stripeCustomer(&obj)
 		if intake.Customer != "" && s.dirty != nil {
@@ -178,7 +186,7 @@ func (s *stripeAccepter) accept(header http.Header, body []byte, now time.Time) 
 	if d.typeLabel == "" {
 		d.typeLabel = metrics.EventType(providerStripe, ev.Type)
 	}
-	d.writes = append(d.writes, write{row.StripeEventTable, intake.Values()})
+	d.writes = append(d.writes, write{table: row.StripeEventTable, row: intake.Values()})
 	return d, nil
 }
 

@@ -138,6 +138,31 @@ func post(t testing.TB, url string, body []byte, sig string) (int, string) {
 	return resp.StatusCode, strings.TrimSpace(string(msg))
 }
 
+// settle waits until s has committed everything queued: an object event's
+// transaction row is committed in the background, after its 200.
+func settle(t testing.TB, s *sink.Sink) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Queued() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d rows still queued after 10s", s.Queued())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// soon reports whether the count query turns non-zero within 5 s.
+func soon(t testing.TB, conn driver.Conn, query string, args ...any) bool {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); count(t, conn, query, args...) == 0; {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
 func count(t testing.TB, conn driver.Conn, query string, args ...any) uint64 {
 	t.Helper()
 	var n uint64
@@ -282,6 +307,7 @@ func TestStripeRouting(t *testing.T) {
 		t.Errorf("payload is not the body as received:\n%s", payload)
 	}
 
+	settle(t, f.sink)
 	var (
 		account, customer, source, eventID string
 		amount                             int64
@@ -304,6 +330,31 @@ func TestStripeRouting(t *testing.T) {
 	if got := value(f.metrics.Events.WithLabelValues("stripe", metrics.Other)); got != 1 {
 		t.Errorf("syncd_events_total{type=other} = %v, want 1 (payment_intent.created folded)", got)
 	}
+}
+
+// TestStripeObjectEventDurableBefore200 reads ClickHouse the moment each
+// 200 arrives: the intake row must be there; the transaction row is
+// committed in the background and follows within moments.
+func TestStripeObjectEventDurableBefore200(t *testing.T) {
+	f := start(t, chtest.DSN(t), 10*time.Second)
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Go(func() {
+			id, txn := fmt.Sprintf("evt_o%02d", i), fmt.Sprintf("cbtxn_o%02d", i)
+			body := event(id, "customer_balance_transaction.created", "", txnObject(txn, fmt.Sprintf("cus_%d", i%5), -int64(i+1)))
+			if code, msg := post(t, f.url, body, sign(body, secretOld, time.Now())); code != 200 {
+				t.Errorf("%s: status %d (%s)", id, code, msg)
+				return
+			}
+			if n := count(t, f.conn, "SELECT count() FROM stripe_events WHERE id = ?", id); n == 0 {
+				t.Errorf("%s answered 200 before it was in stripe_events", id)
+			}
+			if !soon(t, f.conn, "SELECT count() FROM stripe_customer_balance_transactions WHERE id = ?", txn) {
+				t.Errorf("%s not in stripe_customer_balance_transactions 5s after %s's 200", txn, id)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 func TestStripeMalformedTransactionIsRefused(t *testing.T) {

@@ -1,5 +1,12 @@
 // Package webhook receives provider webhooks over HTTP: it verifies each
 // delivery, makes it durable through the sink, and only then answers 200.
+//
+// Durable means the event's row in the intake log (stripe_events,
+// orb_events) has committed: the 200 waits for that insert only. A
+// transaction row derived from an object event is queued in the same
+// request (a full queue still answers 503) but committed by the sink in the
+// background; one lost to a crash is derived again from the intake log by
+// Recover before the next process serves.
 package webhook
 
 import (
@@ -36,14 +43,19 @@ type Dirtier interface {
 
 // Common is what every webhook route shares.
 type Common struct {
-	Sink       Writer           // required
+	Sink Writer // required
+	// Background takes the rows derived from an event (an object event's
+	// transaction row), which the 200 does not wait for; nil: Sink. A sink
+	// that lingers to make fewer, larger inserts suits it: those rows are
+	// off the request's path.
+	Background Writer
 	Metrics    *metrics.Metrics // nil: a private registry
 	Logger     *zap.Logger      // nil: no logs
 	AckTimeout time.Duration    // 0: DefaultAckTimeout
 }
 
-// delivery is what a provider makes of one verified request: the rows that
-// must be durable before the 200, and what to do once they are.
+// delivery is what a provider makes of one verified request: the rows to
+// queue, and what to do once the 200 is certain.
 type delivery struct {
 	id, typ, account string // for logs
 	typeLabel        string // syncd_events_total's type
@@ -55,6 +67,9 @@ type delivery struct {
 type write struct {
 	table sink.Table
 	row   []any
+	// derived rows (an object event's transaction) can be made again from
+	// the intake row: queued before the answer, not waited for.
+	derived bool
 }
 
 // rejection is a request refused before anything was written. reason is
@@ -96,6 +111,9 @@ func newRoute(provider string, c Common, accept acceptFunc) *route {
 	}
 	if c.AckTimeout <= 0 {
 		c.AckTimeout = DefaultAckTimeout
+	}
+	if c.Background == nil {
+		c.Background = c.Sink
 	}
 	c.Logger = c.Logger.With(zap.String("provider", provider))
 	return &route{provider: provider, Common: c, accept: accept}
@@ -164,19 +182,29 @@ func (rt *route) serve(w http.ResponseWriter, r *http.Request, start time.Time) 
 	return outcome
 }
 
-// commit queues every write and waits until all are committed, the ack
-// timeout passes, or the client goes away.
+// commit queues every write and waits until the intake row is committed,
+// the ack timeout passes, or the client goes away. Derived rows are queued
+// first, so a full queue refuses the event before its intake row is
+// written, and their commit is not waited for: the sink commits them in the
+// background (Close drains them), and Recover makes them again from the
+// intake log after a crash.
 func (rt *route) commit(ctx context.Context, writes []write) error {
 	var stack [2]*sink.Ack
 	acks := stack[:0]
 	for _, wr := range writes {
-		ack, err := rt.Sink.TryWrite(wr.table, wr.row)
+		to := rt.Sink
+		if wr.derived {
+			to = rt.Background
+		}
+		ack, err := to.TryWrite(wr.table, wr.row)
 		if err != nil {
 			// Rows already queued may still commit: harmless, the retry
 			// writes them again and ReplacingMergeTree keeps one.
 			return err
 		}
-		acks = append(acks, ack)
+		if !wr.derived {
+			acks = append(acks, ack)
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, rt.AckTimeout)
 	defer cancel()
