@@ -5,7 +5,9 @@
 // commit: while one insert is in flight, arriving rows gather, and when it
 // returns everything gathered (up to BatchRows) goes in the next insert. A
 // failed insert is retried with exponential backoff and jitter until it
-// succeeds or the sink is closed; rows are never dropped silently.
+// succeeds or the sink is closed; rows are never dropped silently. A table's
+// rows commit in the order they were queued (one insert in flight per
+// table): webhook recovery relies on it.
 package sink
 
 import (
