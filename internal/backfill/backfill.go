@@ -90,6 +90,15 @@ func DefaultConcurrency(ratePerSecond float64) int {
 	return min(64, max(4, int(math.Ceil(ratePerSecond*0.25*2))))
 }
 
+// commitDepth is how many read customers may wait for their rows and then
+// their checkpoints to be committed. Customers finish at the commit
+// latency times this depth at most, so it must cover customers/s × insert
+// latency: at 4 × Concurrency, a 0.4 s insert of rows spread over many
+// monthly partitions held a 400-customer run to ~80 customers/s. An entry
+// is a few words (the rows themselves wait in the sink, bounded by its
+// QueueRows); a crash only re-reads the customers not yet checkpointed.
+const commitDepth = 4096
+
 // job is one customer to read.
 type job struct {
 	acct     *acctState
@@ -259,8 +268,8 @@ func (r *runner) run(sum *Summary) error {
 	}
 
 	jobs := make(chan job, 4*o.Concurrency)
-	read := make(chan readDone, 4*o.Concurrency)
-	checkpointed := make(chan checkpoint, 4*o.Concurrency)
+	read := make(chan readDone, commitDepth)
+	checkpointed := make(chan checkpoint, commitDepth)
 	var workers, stages sync.WaitGroup
 	for range o.Concurrency {
 		workers.Add(1)

@@ -46,6 +46,7 @@ func assertNoDrift(t *testing.T, w *warehouse, src *StripeSource, o VerifyOption
 }
 
 func TestBackfillThousandCustomersThroughThrottling(t *testing.T) {
+	t.Parallel()
 	w := newWarehouse(t, 50000)
 	emu, url := newEmulator(t, stripeemu.Config{Seed: 1, Customers: 333, Accounts: []string{"", "acct_1Alpha", "acct_1Beta"},
 		HeavyCustomers: []int{5000}, Rate429: 0.1})
@@ -71,15 +72,20 @@ func TestBackfillThousandCustomersThroughThrottling(t *testing.T) {
 }
 
 func TestBackfillResumesAfterInterruption(t *testing.T) {
+	t.Parallel()
 	w := newWarehouse(t, 20000)
 	emu, url := newEmulator(t, stripeemu.Config{Seed: 2, Customers: 400, HeavyCustomers: []int{1500}, Latency: time.Millisecond})
 	src := newSource(t, url, w.m, 0)
 
-	// Interrupt the run once half the customers have been listed.
+	// Interrupt the run once half the customers are checkpointed.
 	ctx, cancel := context.WithCancel(context.Background())
+	half := len(emu.Customers()) / 2
 	go func() {
-		for emu.Requests().ByKind[stripeemu.KindBalanceTransactions] < 220 {
-			time.Sleep(time.Millisecond)
+		for ctx.Err() == nil {
+			if done, err := checkpointedCustomers(w); err == nil && len(done) >= half {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
 		}
 		cancel()
 	}()
@@ -107,25 +113,35 @@ func TestBackfillResumesAfterInterruption(t *testing.T) {
 
 func doneIn(t *testing.T, w *warehouse) map[string]bool {
 	t.Helper()
-	rows, err := w.conn.Query(context.Background(), `SELECT DISTINCT customer FROM backfill_customers`)
+	done, err := checkpointedCustomers(w)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return done
+}
+
+// checkpointedCustomers are the customers some run recorded as done.
+func checkpointedCustomers(w *warehouse) (map[string]bool, error) {
+	rows, err := w.conn.Query(context.Background(), `SELECT DISTINCT customer FROM backfill_customers`)
+	if err != nil {
+		return nil, err
 	}
 	defer rows.Close()
 	out := map[string]bool{}
 	for rows.Next() {
 		var c string
 		if err := rows.Scan(&c); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		out[c] = true
 	}
-	return out
+	return out, rows.Err()
 }
 
 func TestBackfillSinceReadsOnlyChangedCustomersAndFullCatchesEdits(t *testing.T) {
+	t.Parallel()
 	w := newWarehouse(t, 20000)
-	emu, url := newEmulator(t, stripeemu.Config{Seed: 3, Customers: 200, Accounts: []string{"", "acct_1Conn"}})
+	emu, url := newEmulator(t, stripeemu.Config{Seed: 3, Customers: 100, Accounts: []string{"", "acct_1Conn"}})
 	src := newSource(t, url, w.m, 0)
 	mustBackfill(t, w, src, Options{AllAccounts: true})
 
@@ -187,6 +203,7 @@ func TestBackfillSinceReadsOnlyChangedCustomersAndFullCatchesEdits(t *testing.T)
 }
 
 func TestBackfillFailsWhenRequestsKeepFailing(t *testing.T) {
+	t.Parallel()
 	w := newWarehouse(t, 1000)
 	_, url := newEmulator(t, stripeemu.Config{Seed: 4, Customers: 5, Rate500: 1})
 	sum, err := backfill(t, context.Background(), w, newSource(t, url, w.m, 0), Options{})
@@ -202,6 +219,7 @@ func TestBackfillFailsWhenRequestsKeepFailing(t *testing.T) {
 }
 
 func TestEventsWindowFallsBackToSweep(t *testing.T) {
+	t.Parallel()
 	w := newWarehouse(t, 1000)
 	emu, url := newEmulator(t, stripeemu.Config{Seed: 5, Customers: 12})
 	var out bytes.Buffer

@@ -19,6 +19,7 @@ import (
 // the rerun exits 0, verify finds no drift, the warehouse equals the
 // emulator's truth, and no customer finished before the kill is read again.
 func TestKillNineResumes(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("builds and runs the syncd binary")
 	}
@@ -32,12 +33,14 @@ func TestKillNineResumes(t *testing.T) {
 	w := newWarehouse(t, 10000)
 	const customers = 450
 	e, url := newEmulator(t, stripeemu.Config{Seed: 21, Customers: customers, Latency: 50 * time.Millisecond})
-	args := func(cmd string) []string {
+	// The first run is held to 150 requests/s so that the kill lands
+	// mid-way; the rerun and verify need no brake.
+	args := func(cmd, rateLimit string) []string {
 		return []string{cmd, "--clickhouse-dsn", w.dsn, "--stripe-api-url", url, "--stripe-api-key", testKey,
-			"--rate-limit", "150", "--log-level", "warn"}
+			"--rate-limit", rateLimit, "--log-level", "warn"}
 	}
 	var out bytes.Buffer
-	first := exec.Command(bin, append(args("backfill"), "--progress", "none")...)
+	first := exec.Command(bin, append(args("backfill", "150"), "--progress", "none")...)
 	first.Stdout, first.Stderr = &out, &out
 	if err := first.Start(); err != nil {
 		t.Fatal(err)
@@ -62,7 +65,7 @@ func TestKillNineResumes(t *testing.T) {
 	}
 	e.ResetCounters()
 
-	rerun := exec.Command(bin, append(args("backfill"), "--progress", "none")...)
+	rerun := exec.Command(bin, append(args("backfill", "5000"), "--progress", "none")...)
 	got, err := rerun.CombinedOutput()
 	if err != nil {
 		t.Fatalf("rerun after kill -9: %v\n%s", err, got)
@@ -81,7 +84,7 @@ func TestKillNineResumes(t *testing.T) {
 		t.Errorf("the rerun's summary does not say it resumed: %s", got)
 	}
 
-	verify := exec.Command(bin, args("verify")...)
+	verify := exec.Command(bin, args("verify", "5000")...)
 	rep, err := verify.CombinedOutput()
 	if err != nil {
 		t.Fatalf("verify after the rerun: %v\n%s", err, rep)

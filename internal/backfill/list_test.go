@@ -7,6 +7,7 @@ import (
 )
 
 func TestSplitList(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		body  string
 		items []string

@@ -92,6 +92,7 @@ func assertOrbMirrors(t testing.TB, conn driver.Conn, truth []orbemu.Txn) {
 // The mirror must equal the emulator's truth and verify find no drift;
 // then it must find the drift made by hand.
 func TestOrbWebhooksAndBackfillConverge(t *testing.T) {
+	t.Parallel()
 	w := newWarehouse(t, 20000)
 	var refuse atomic.Bool
 	route := webhook.Orb(webhook.OrbOptions{Common: webhook.Common{Sink: w.sink, Metrics: w.m}, Secrets: []string{orbHookSecret}})

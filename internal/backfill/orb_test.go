@@ -54,6 +54,7 @@ func orbIDs(t *testing.T, src *OrbSource, customer, since string) (ids []string,
 }
 
 func TestOrbSourcePagesThroughThrottling(t *testing.T) {
+	t.Parallel()
 	emu, url := newOrbEmulator(t, orbemu.Config{Seed: 6, Customers: 230, HeavyTxns: []int{345}, Rate429: 0.2, Rate500: 0.05, RetryAfter: 10 * time.Millisecond})
 	m := metrics.New()
 	src := newOrbSource(t, url, m, 0)
@@ -123,6 +124,7 @@ func TestOrbSourcePagesThroughThrottling(t *testing.T) {
 // TestOrbSourceResumesAtACustomerID: a new process resumes the listing at
 // the checkpointed customer id, although Orb's cursors are opaque.
 func TestOrbSourceResumesAtACustomerID(t *testing.T) {
+	t.Parallel()
 	emu, url := newOrbEmulator(t, orbemu.Config{Seed: 7, Customers: 250})
 	var want []string
 	for _, c := range emu.Customers() {
@@ -154,6 +156,7 @@ func TestOrbSourceResumesAtACustomerID(t *testing.T) {
 }
 
 func TestOrbSourceFetchesACustomerNotListed(t *testing.T) {
+	t.Parallel()
 	emu, url := newOrbEmulator(t, orbemu.Config{Seed: 8, Customers: 5, HeavyTxns: []int{3}})
 	src := newOrbSource(t, url, nil, 0)
 	cus := emu.Customers()[5]

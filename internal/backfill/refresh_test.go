@@ -34,6 +34,7 @@ func customersWith(e *stripeemu.Emulator, account string, minTxns int) []stripee
 }
 
 func TestRefreshCoalescesBurstsAndConverges(t *testing.T) {
+	t.Parallel()
 	w := newWarehouse(t, 10000)
 	emu, url := newEmulator(t, stripeemu.Config{Seed: 7, Customers: 30, Accounts: []string{"", "acct_1Conn"}, HeavyCustomers: []int{250}})
 	r, _ := startRefresher(t, w, newSource(t, url, w.m, 0))
@@ -77,6 +78,7 @@ func TestRefreshCoalescesBurstsAndConverges(t *testing.T) {
 }
 
 func TestRefreshRetriesThroughFaults(t *testing.T) {
+	t.Parallel()
 	w := newWarehouse(t, 10000)
 	emu, url := newEmulator(t, stripeemu.Config{Seed: 8, Customers: 20, Rate429: 0.3, Rate500: 0.2})
 	r, _ := startRefresher(t, w, newSource(t, url, w.m, 0))
@@ -90,6 +92,7 @@ func TestRefreshRetriesThroughFaults(t *testing.T) {
 // A refresh owed by an acknowledged event survives a restart: it is derived
 // from stripe_events and stripe_refreshes alone.
 func TestRefreshRecoversWhatAcknowledgedEventsOwe(t *testing.T) {
+	t.Parallel()
 	w := newWarehouse(t, 10000)
 	emu, url := newEmulator(t, stripeemu.Config{Seed: 9, Customers: 10, Accounts: []string{"", "acct_1Conn"}})
 	owed := customersWith(emu, "", 1)[0]

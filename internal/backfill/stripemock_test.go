@@ -58,6 +58,7 @@ func startStripeMock(t *testing.T) string {
 // (stripe-mock refuses unknown parameters), and the official fixture of a
 // customer balance transaction normalises into a correct row.
 func TestStripeMockConformance(t *testing.T) {
+	t.Parallel()
 	url := startStripeMock(t)
 	m := metrics.New()
 	src := NewStripeSource(StripeOptions{APIKey: "sk_test_123", URL: url, Metrics: m, Retry: Retry{Attempts: 1}})
