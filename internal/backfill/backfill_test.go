@@ -50,13 +50,18 @@ func TestBackfillThousandCustomersThroughThrottling(t *testing.T) {
 	w := newWarehouse(t, 50000)
 	emu, url := newEmulator(t, stripeemu.Config{Seed: 1, Customers: 333, Accounts: []string{"", "acct_1Alpha", "acct_1Beta"},
 		HeavyCustomers: []int{5000}, Rate429: 0.1})
-	src := newSource(t, url, w.m, 0)
+	// A limit (not binding here) so that the 5,000 are read in time slices.
+	src := newSource(t, url, w.m, 2000)
 	sum := mustBackfill(t, w, src, Options{AllAccounts: true, Concurrency: 16})
 	if want := len(emu.Customers()); sum.Customers != want || want < 1000 {
 		t.Errorf("backfill read %d customers; the emulator has %d (want ≥ 1000)", sum.Customers, want)
 	}
 	if sum.Retries == 0 || emu.Requests().Throttled == 0 {
 		t.Errorf("no 429 was retried (retries %d, throttled %d): the fault injection is not exercised", sum.Retries, emu.Requests().Throttled)
+	}
+	// Each transaction read once: the 5,000 are read in time slices at once.
+	if truth := emu.Truth(); sum.Rows != int64(len(truth)) {
+		t.Errorf("wrote %d rows for %d transactions", sum.Rows, len(truth))
 	}
 	assertMirrors(t, w.conn, emu.Truth())
 	assertNoDrift(t, w, src, VerifyOptions{AllAccounts: true, Concurrency: 16})

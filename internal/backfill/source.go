@@ -40,8 +40,10 @@ type Lister interface {
 	// this is the last).
 	CustomerPage(ctx context.Context, account, cursor string) (ids []string, next string, err error)
 	// Transactions walks customer's transactions newer than sinceID (all of
-	// them when sinceID is ""), calling fn with each page, and returns the id
-	// of the newest transaction it saw (sinceID when there was none newer).
+	// them when sinceID is ""), calling fn with each page (one call at a time,
+	// not necessarily in the API's order nor from one goroutine), and returns
+	// the id of the newest transaction it saw (sinceID when there was none
+	// newer), once every call of fn has returned.
 	// ErrCursorGone means sinceID is unknown to the API: read everything.
 	Transactions(ctx context.Context, account, customer, sinceID string, fn func(Page) error) (newest string, err error)
 	// Table is the mirror table of the provider's transactions, and Row

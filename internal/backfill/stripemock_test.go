@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"strings"
@@ -59,9 +60,9 @@ func startStripeMock(t *testing.T) string {
 // customer balance transaction normalises into a correct row.
 func TestStripeMockConformance(t *testing.T) {
 	t.Parallel()
-	url := startStripeMock(t)
+	base := startStripeMock(t)
 	m := metrics.New()
-	src := NewStripeSource(StripeOptions{APIKey: "sk_test_123", URL: url, Metrics: m, Retry: Retry{Attempts: 1}})
+	src := NewStripeSource(StripeOptions{APIKey: "sk_test_123", URL: base, Metrics: m, Retry: Retry{Attempts: 1}})
 	ctx := context.Background()
 
 	// stripe-mock validates: an unknown parameter is a 400, so the calls
@@ -78,6 +79,17 @@ func TestStripeMockConformance(t *testing.T) {
 			}
 			if _, err := src.ListCustomers(ctx, account, ids[0]); err != nil {
 				t.Fatalf("list customers starting_after: %v", err)
+			}
+			src.mu.Lock()
+			created := src.created[[2]string{account, ids[0]}]
+			src.mu.Unlock()
+			if created <= 0 {
+				t.Errorf("the customer fixture has no created: a heavy customer cannot be read in time slices")
+			}
+			// One time slice of a heavy customer (readSlices).
+			slice := url.Values{"limit": {"100"}, "created[gte]": {"1700000000"}, "created[lt]": {"1700086400"}, "starting_after": {"cbtxn_Older"}}
+			if _, err := src.txnPage(ctx, account, "cus_Conformance", slice); err != nil {
+				t.Fatalf("list balance transactions in a time slice: %v", err)
 			}
 			cus, err := src.GetCustomer(ctx, account, "cus_Conformance")
 			if err != nil {

@@ -204,30 +204,56 @@ func (e *Emulator) AddTransaction(account, customerID string, amount int64, typ 
 	if typ == "" {
 		typ = "adjustment"
 	}
-	return e.addTransaction(account, customerID, func(*customer) draw { return draw{typ, amount} })
+	return e.addTransaction(account, customerID, 0, func(*customer) draw { return draw{typ, amount} })
+}
+
+// AddTransactionAt is AddTransaction dated created instead of now. Stripe's
+// created has whole seconds, so transactions made in bulk share one:
+// created may equal the customer's newest transaction's, not precede it.
+func (e *Emulator) AddTransactionAt(account, customerID string, amount int64, typ string, created time.Time) (Txn, error) {
+	if amount == 0 {
+		return Txn{}, errors.New("stripeemu: amount must not be zero")
+	}
+	if typ == "" {
+		typ = "adjustment"
+	}
+	if created.Unix() <= 0 {
+		return Txn{}, errors.New("stripeemu: created must be after 1970")
+	}
+	return e.addTransaction(account, customerID, created.Unix(), func(*customer) draw { return draw{typ, amount} })
 }
 
 // RandomTransaction is AddTransaction with a type and amount drawn from the
 // seeded generator, as the seeded history was.
 func (e *Emulator) RandomTransaction(account, customerID string) (Txn, error) {
-	return e.addTransaction(account, customerID, func(c *customer) draw {
+	return e.addTransaction(account, customerID, 0, func(c *customer) draw {
 		return e.gen.amountFor(false, c.Currency)
 	})
 }
 
-func (e *Emulator) addTransaction(account, customerID string, next func(*customer) draw) (Txn, error) {
+// addTransaction appends a transaction dated at (Unix seconds), or now
+// when at is 0.
+func (e *Emulator) addTransaction(account, customerID string, at int64, next func(*customer) draw) (Txn, error) {
 	e.mu.Lock()
 	c, err := e.lookup(account, customerID)
 	if err != nil {
 		e.mu.Unlock()
 		return Txn{}, err
 	}
-	var floor int64
+	var newest int64
 	if n := len(c.txns); n > 0 {
-		floor = c.txns[n-1].Created + 1
+		newest = c.txns[n-1].Created
+	}
+	created := now(newest + 1)
+	if at != 0 {
+		if at < newest {
+			e.mu.Unlock()
+			return Txn{}, fmt.Errorf("stripeemu: created %d precedes customer %s's newest transaction (%d)", at, customerID, newest)
+		}
+		created = at
 	}
 	a := e.accounts[account]
-	t := e.appendTxn(a, c, next(c), now(floor))
+	t := e.appendTxn(a, c, next(c), created)
 	evs := e.txnEvents(a, c, t, true)
 	out := t.export()
 	e.mu.Unlock()

@@ -329,6 +329,45 @@ func TestCreatedFilters(t *testing.T) {
 	}
 }
 
+// Transactions made in bulk share a second: a range cut there with
+// created[lt] below and created[gte] above, each paged by starting_after,
+// lists every one of them exactly once, newest first.
+func TestCreatedFiltersWithinASharedSecond(t *testing.T) {
+	e := newEmu(t, Config{Seed: 5, Customers: 1})
+	c := e.Customers()[0]
+	at := time.Unix(c.Created, 0).Add(time.Hour)
+	if tx := e.TruthFor("", c.ID); len(tx) > 0 {
+		at = time.Unix(tx[len(tx)-1].Created, 0).Add(time.Hour)
+	}
+	for i := range 250 {
+		if _, err := e.AddTransactionAt("", c.ID, int64(i+1), "adjustment", at.Add(time.Duration(i/120)*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.AddTransactionAt("", c.ID, 1, "adjustment", at.Add(-time.Second)); err == nil {
+		t.Error("a transaction dated before the newest was accepted")
+	}
+	cut := strconv.FormatInt(at.Add(time.Second).Unix(), 10) // 120 before it, 120 in it, 10 after
+	read := func(filter string) []string {
+		var got []string
+		base := "/v1/customers/" + c.ID + "/balance_transactions?limit=100&" + filter
+		for path := base; ; {
+			p := getPage(t, e, "", path)
+			got = append(got, ids(t, p.Data)...)
+			if !p.HasMore {
+				return got
+			}
+			path = base + "&starting_after=" + got[len(got)-1]
+		}
+	}
+	got := append(read("created[gte]="+cut), read("created[lt]="+cut)...)
+	want := truthIDs(e.TruthFor("", c.ID))
+	slices.Reverse(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("created[gte] then created[lt] at a shared second: %d ids, want the %d of the truth, newest first", len(got), len(want))
+	}
+}
+
 func TestEventsTypesFilter(t *testing.T) {
 	e := newEmu(t, Config{Seed: 6, Customers: 200})
 	all := e.Events()
