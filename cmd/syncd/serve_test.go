@@ -436,6 +436,7 @@ func TestServeSIGTERMDrains(t *testing.T) {
 	emu, api := emulator(t, stripeemu.Config{Seed: 5, Customers: 30}, nil)
 	p := startProcess(t, bin, serveArgs(dsn, "--stripe-api-key", testAPIKey, "--stripe-api-url", api,
 		"--stripe-webhook-secret", testSecret, "--shutdown-timeout", "20s"))
+	p.ready(t) // before it, 503 is the right answer
 	evs := mutate(t, emu, emu.Customers(), 77)
 
 	// SIGTERM once a fifth of the events are acknowledged: mid-stream.
