@@ -283,6 +283,9 @@ func (r *runner) run(sum *Summary) error {
 	enumErr := r.enumerate(states, chosen, jobs)
 	close(jobs)
 	workers.Wait()
+	// Nothing large is coming: the last rows and checkpoints go now
+	// instead of waiting out the sink's linger.
+	o.Sink.StopLingering()
 	close(read)
 	stages.Wait()
 	stopProgress()

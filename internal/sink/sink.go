@@ -95,6 +95,8 @@ type Sink struct {
 	stop     context.Context // cancelled when Close gives up: abandon retries
 	stopNow  context.CancelFunc
 	draining chan struct{} // closed by Close: send what is left without lingering
+	hurry    chan struct{} // closed by StopLingering
+	hurryOne sync.Once
 	wg       sync.WaitGroup
 }
 
@@ -105,6 +107,7 @@ func New(conn driver.Conn, opts Options) *Sink {
 	return &Sink{
 		conn: conn, opts: opts, queues: map[string]*queue{},
 		space: make(chan struct{}), stop: stop, stopNow: cancel, draining: make(chan struct{}),
+		hurry: make(chan struct{}),
 	}
 }
 
@@ -307,7 +310,7 @@ func (s *Sink) run(q *queue) {
 				}
 			}
 		}
-		if s.opts.FlushInterval > 0 && q.len() < s.opts.BatchRows {
+		if s.opts.FlushInterval > 0 && q.len() < s.opts.BatchRows && !s.hurried() {
 			s.linger(q)
 		}
 		batch := q.take(s.opts.BatchRows)
@@ -323,7 +326,7 @@ func (s *Sink) run(q *queue) {
 	}
 }
 
-// linger waits for the batch to fill, its deadline, or Close.
+// linger waits for the batch to fill, its deadline, Close or StopLingering.
 func (s *Sink) linger(q *queue) {
 	deadline := time.NewTimer(s.opts.FlushInterval)
 	defer deadline.Stop()
@@ -334,8 +337,27 @@ func (s *Sink) linger(q *queue) {
 			return
 		case <-s.draining:
 			return
+		case <-s.hurry:
+			return
 		}
 	}
+}
+
+func (s *Sink) hurried() bool {
+	select {
+	case <-s.hurry:
+		return true
+	default:
+		return false
+	}
+}
+
+// StopLingering makes the sink send every batch as soon as the previous
+// insert returns, as if FlushInterval were 0. A writer that knows no more
+// large input is coming (a backfill whose readers are done) calls it so that
+// its last rows do not wait out the linger.
+func (s *Sink) StopLingering() {
+	s.hurryOne.Do(func() { close(s.hurry) })
 }
 
 // commit inserts batch, retrying with backoff until it succeeds or the sink

@@ -369,3 +369,25 @@ func TestMigrateTwiceAndConcurrently(t *testing.T) {
 		t.Fatal("concurrent migrations gave a different schema")
 	}
 }
+
+// StopLingering sends a batch that would otherwise wait for its linger.
+func TestStopLingeringSendsAtOnce(t *testing.T) {
+	conn := migrated(t, chtest.DSN(t))
+	s := sink.New(conn, sink.Options{BatchRows: 1000, FlushInterval: time.Hour})
+	defer s.Close(context.Background())
+	ack, err := s.TryWrite(row.StripeTxnTable, stripeRow(t, "cbtxn_linger", 1, time.Now()).Values())
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ack.Done():
+		t.Fatal("a lone row was sent before its hour-long linger")
+	case <-time.After(200 * time.Millisecond):
+	}
+	s.StopLingering()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := ack.Wait(ctx); err != nil {
+		t.Fatalf("after StopLingering the row should commit without waiting out the linger: %v", err)
+	}
+}
