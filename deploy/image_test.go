@@ -210,13 +210,13 @@ func TestDockerfile(t *testing.T) {
 func TestDockerfileMatchesMakefile(t *testing.T) {
 	mk := filepath.Join(repoRoot, "Makefile")
 	text, err := os.ReadFile(mk)
-	if os.IsNotExist(err) {
-		t.Skip("no Makefile yet")
-	}
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := exec.LookPath("make"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("make is not installed")
+		}
 		t.Skip("make not installed")
 	}
 	// What make would run, without running it.
@@ -273,9 +273,6 @@ func TestDockerfileMatchesMakefile(t *testing.T) {
 func TestDockerfileBuild(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
-	}
-	if m, _ := filepath.Glob(filepath.Join(repoRoot, "cmd", "syncd", "*.go")); len(m) == 0 {
-		t.Skip("cmd/syncd does not exist yet")
 	}
 	d := readDockerfile(t)
 	vars := map[string]string{"VERSION": "v9.9.9-imagetest", "COMMIT": "feedc0de", "TARGETOS": runtime.GOOS, "TARGETARCH": runtime.GOARCH}
