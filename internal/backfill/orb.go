@@ -24,17 +24,6 @@ import (
 
 const providerOrb = "orb"
 
-// OrbOptions configure an OrbSource.
-type OrbOptions struct {
-	APIKey     string
-	URL        string  // base URL; "" means https://api.withorb.com
-	RateLimit  float64 // requests per second for the whole process; 0 means unlimited
-	Retry      Retry
-	HTTPClient *http.Client // nil: a client with pooled connections and a 60s timeout
-	Metrics    *metrics.Metrics
-	Logger     *zap.Logger
-}
-
 // OrbSource reads the Orb API through orbapi, with the same process-wide
 // token bucket and backoff as StripeSource. It implements Lister.
 //
@@ -62,26 +51,10 @@ type OrbSource struct {
 
 // NewOrbSource returns a source for o.URL with o.APIKey.
 func NewOrbSource(o OrbOptions) *OrbSource {
-	o.Retry.defaults()
-	if o.Metrics == nil {
-		o.Metrics = metrics.New()
-	}
-	if o.Logger == nil {
-		o.Logger = zap.NewNop()
-	}
-	hc := o.HTTPClient
-	if hc == nil {
-		t := http.DefaultTransport.(*http.Transport).Clone()
-		t.MaxIdleConns = 512
-		t.MaxIdleConnsPerHost = 256
-		hc = &http.Client{Timeout: 60 * time.Second, Transport: t}
-	}
-	s := &OrbSource{http: hc, retry: o.Retry, m: o.Metrics, log: o.Logger, limit: o.RateLimit,
-		limiter:   rate.NewLimiter(rate.Inf, 1),
+	o.defaults()
+	s := &OrbSource{http: o.HTTPClient, retry: o.Retry, m: o.Metrics, log: o.Logger, limit: o.RateLimit,
+		limiter:   o.limiter(),
 		customers: map[string]row.OrbCustomer{}, after: map[string]string{}}
-	if o.RateLimit > 0 {
-		s.limiter = rate.NewLimiter(rate.Limit(o.RateLimit), 1)
-	}
 	s.client = &orbapi.Client{BaseURL: o.URL, APIKey: o.APIKey, Do: s.do}
 	return s
 }

@@ -5,7 +5,13 @@ package backfill
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+
+	"github.com/syncd/syncd/internal/metrics"
 
 	"github.com/syncd/syncd/internal/row"
 	"github.com/syncd/syncd/internal/sink"
@@ -61,4 +67,46 @@ func itemID(raw json.RawMessage) (string, error) {
 		return "", err
 	}
 	return v.ID, nil
+}
+
+// SourceOptions configure a StripeSource or an OrbSource.
+type SourceOptions struct {
+	APIKey     string
+	URL        string  // base URL; "" means the provider's public API
+	RateLimit  float64 // requests per second for the whole process; 0 means unlimited
+	Retry      Retry
+	HTTPClient *http.Client // nil: a client with pooled connections and a 60s timeout
+	Metrics    *metrics.Metrics
+	Logger     *zap.Logger
+}
+
+// StripeOptions and OrbOptions are the SourceOptions of each source.
+type (
+	StripeOptions = SourceOptions
+	OrbOptions    = SourceOptions
+)
+
+// defaults fills what the caller left zero.
+func (o *SourceOptions) defaults() {
+	o.Retry.defaults()
+	if o.Metrics == nil {
+		o.Metrics = metrics.New()
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	if o.HTTPClient == nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxIdleConns = 512
+		t.MaxIdleConnsPerHost = 256
+		o.HTTPClient = &http.Client{Timeout: 60 * time.Second, Transport: t}
+	}
+}
+
+// limiter is the process-wide token bucket for RateLimit.
+func (o *SourceOptions) limiter() *rate.Limiter {
+	if o.RateLimit > 0 {
+		return rate.NewLimiter(rate.Limit(o.RateLimit), 1)
+	}
+	return rate.NewLimiter(rate.Inf, 1)
 }

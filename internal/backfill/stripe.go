@@ -61,17 +61,6 @@ func (r *Retry) delay(n int) time.Duration {
 	return ceil/2 + rand.N(ceil/2+1)
 }
 
-// StripeOptions configure a StripeSource.
-type StripeOptions struct {
-	APIKey     string
-	URL        string  // base URL; "" means https://api.stripe.com
-	RateLimit  float64 // requests per second for the whole process; 0 means unlimited
-	Retry      Retry
-	HTTPClient *http.Client // nil: a client with pooled connections and a 60s timeout
-	Metrics    *metrics.Metrics
-	Logger     *zap.Logger
-}
-
 // StripeSource reads the Stripe API through stripe-go's backend, keeping
 // every object's raw JSON. One StripeSource is shared by every worker of a
 // process: its token bucket is the process-wide rate limit.
@@ -96,23 +85,11 @@ type StripeSource struct {
 
 // NewStripeSource returns a source for o.URL with o.APIKey.
 func NewStripeSource(o StripeOptions) *StripeSource {
-	o.Retry.defaults()
-	if o.Metrics == nil {
-		o.Metrics = metrics.New()
-	}
-	if o.Logger == nil {
-		o.Logger = zap.NewNop()
-	}
+	o.defaults()
 	if o.URL == "" {
 		o.URL = "https://api.stripe.com"
 	}
 	hc := o.HTTPClient
-	if hc == nil {
-		t := http.DefaultTransport.(*http.Transport).Clone()
-		t.MaxIdleConns = 512
-		t.MaxIdleConnsPerHost = 256
-		hc = &http.Client{Timeout: 60 * time.Second, Transport: t}
-	}
 	// The transport wrapper records each attempt's status, which stripe-go
 	// does not expose for error bodies it cannot parse.
 	base := hc.Transport
@@ -129,12 +106,7 @@ func NewStripeSource(o StripeOptions) *StripeSource {
 		EnableTelemetry:   stripe.Bool(false),
 	}).(stripe.RawRequestBackend)
 	s := &StripeSource{backend: backend, key: o.APIKey, retry: o.Retry, m: o.Metrics, log: o.Logger, limit: o.RateLimit,
-		created: map[[2]string]int64{}}
-	if o.RateLimit > 0 {
-		s.limiter = rate.NewLimiter(rate.Limit(o.RateLimit), 1)
-	} else {
-		s.limiter = rate.NewLimiter(rate.Inf, 1)
-	}
+		created: map[[2]string]int64{}, limiter: o.limiter()}
 	return s
 }
 
