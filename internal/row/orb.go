@@ -125,21 +125,12 @@ func NormalizeOrb(raw []byte, c OrbCustomer, m Meta) (*OrbTxn, error) {
 		}
 		*f.dst = d
 	}
-	for _, f := range []struct {
-		name string
-		raw  json.RawMessage
-		dst  **string
-		read func(json.RawMessage) (*string, string)
-	}{
-		{"description", w.Description, &r.Description, nullableString},
-		{"invoice", w.Invoice, &r.InvoiceID, expandableID},
-		{"credit_note", w.CreditNote, &r.CreditNoteID, expandableID},
-	} {
-		v, why := f.read(f.raw)
-		if why != "" {
-			return nil, bad(f.name, why)
-		}
-		*f.dst = v
+	if err := readOptionals(bad,
+		optional{"description", w.Description, &r.Description, nullableString},
+		optional{"invoice", w.Invoice, &r.InvoiceID, expandableID},
+		optional{"credit_note", w.CreditNote, &r.CreditNoteID, expandableID},
+	); err != nil {
+		return nil, err
 	}
 	return r, nil
 }

@@ -108,6 +108,28 @@ func expandableID(raw json.RawMessage) (*string, string) {
 	return nil, "want an id, an object with an id, or null"
 }
 
+// optional is one optional reference or string of an object: where it is
+// read from, how, and where the result goes.
+type optional struct {
+	name string
+	raw  json.RawMessage
+	dst  **string
+	read func(json.RawMessage) (*string, string)
+}
+
+// readOptionals reads each field, or returns bad's error for the first that
+// is malformed.
+func readOptionals(bad func(field, reason string) error, fields ...optional) error {
+	for _, f := range fields {
+		v, why := f.read(f.raw)
+		if why != "" {
+			return bad(f.name, why)
+		}
+		*f.dst = v
+	}
+	return nil
+}
+
 // nullableString reads an optional string that may be absent or null.
 func nullableString(raw json.RawMessage) (*string, string) {
 	raw = bytes.TrimSpace(raw)

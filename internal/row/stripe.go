@@ -109,23 +109,14 @@ func NormalizeStripe(raw []byte, m Meta) (*StripeTxn, error) {
 		return nil, bad("customer", why)
 	}
 	r.Customer = *customer
-	for _, f := range []struct {
-		name string
-		raw  json.RawMessage
-		dst  **string
-		read func(json.RawMessage) (*string, string)
-	}{
-		{"customer_account", w.CustomerAccount, &r.CustomerAccount, nullableString},
-		{"description", w.Description, &r.Description, nullableString},
-		{"invoice", w.Invoice, &r.Invoice, expandableID},
-		{"credit_note", w.CreditNote, &r.CreditNote, expandableID},
-		{"checkout_session", w.CheckoutSession, &r.CheckoutSession, expandableID},
-	} {
-		v, why := f.read(f.raw)
-		if why != "" {
-			return nil, bad(f.name, why)
-		}
-		*f.dst = v
+	if err := readOptionals(bad,
+		optional{"customer_account", w.CustomerAccount, &r.CustomerAccount, nullableString},
+		optional{"description", w.Description, &r.Description, nullableString},
+		optional{"invoice", w.Invoice, &r.Invoice, expandableID},
+		optional{"credit_note", w.CreditNote, &r.CreditNote, expandableID},
+		optional{"checkout_session", w.CheckoutSession, &r.CheckoutSession, expandableID},
+	); err != nil {
+		return nil, err
 	}
 	r.MetadataKeys, r.MetadataValues = sortedMetadata(w.Metadata)
 	return r, nil
