@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -368,4 +369,34 @@ func scrape(t testing.TB, admin string) string {
 func eventIDs(t testing.TB, conn driver.Conn) map[string]bool {
 	t.Helper()
 	return ids(t, conn, "stripe_events")
+}
+
+// signalAfter returns an acknowledgement callback that sends sig to p once n
+// events are acknowledged: mid-stream, however fast the machine.
+func (p *process) signalAfter(n int, sig os.Signal) func() {
+	var (
+		mu   sync.Mutex
+		acks int
+	)
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if acks++; acks == n {
+			_ = p.cmd.Process.Signal(sig)
+		}
+	}
+}
+
+// exitedCleanly waits for p to exit after a SIGTERM and fails unless it
+// exited 0.
+func (p *process) exitedCleanly(t *testing.T) {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("syncd did not exit within 30s of SIGTERM")
+	}
+	if p.err != nil {
+		t.Fatalf("syncd exited with %v; logs:\n%s", p.err, p.logs)
+	}
 }

@@ -289,25 +289,8 @@ func TestServeSIGTERMDrainsObjectEvents(t *testing.T) {
 		"--stripe-webhook-secret", testSecret, "--orb-webhook-secret", testOrbSecret, "--shutdown-timeout", "20s"))
 	p.ready(t)
 	evs := objectEvents("term", 300)
-	var (
-		mu   sync.Mutex
-		acks int
-	)
-	results := streamObjects(evs, 600, func() string { return p.web }, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if acks++; acks == len(evs)/3 {
-			_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		}
-	})
-	select {
-	case <-p.done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("syncd did not exit within 30s of SIGTERM")
-	}
-	if p.err != nil {
-		t.Fatalf("syncd exited with %v; logs:\n%s", p.err, p.logs)
-	}
+	results := streamObjects(evs, 600, func() string { return p.web }, p.signalAfter(len(evs)/3, syscall.SIGTERM))
+	p.exitedCleanly(t)
 	acked := 0
 	for _, s := range results {
 		if s.code == 200 {

@@ -440,25 +440,8 @@ func TestServeSIGTERMDrains(t *testing.T) {
 	evs := mutate(t, emu, emu.Customers(), 77)
 
 	// SIGTERM once a fifth of the events are acknowledged: mid-stream.
-	var (
-		mu   sync.Mutex
-		acks int
-	)
-	results := stream(evs, 100, func() string { return p.web }, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if acks++; acks == len(evs)/5 {
-			_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		}
-	})
-	select {
-	case <-p.done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("syncd did not exit within 30s of SIGTERM")
-	}
-	if p.err != nil {
-		t.Fatalf("syncd exited with %v; logs:\n%s", p.err, p.logs)
-	}
+	results := stream(evs, 100, func() string { return p.web }, p.signalAfter(len(evs)/5, syscall.SIGTERM))
+	p.exitedCleanly(t)
 	p.logs.find(t, "drained; bye", time.Second)
 	for _, s := range results {
 		if s.code != 200 && s.code != 0 {
