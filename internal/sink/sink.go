@@ -399,6 +399,15 @@ func (s *Sink) commit(q *queue, batch []segment) error {
 	}
 }
 
+// blockRows is the most rows sent in one block of an insert. An insert of
+// more rows is sent as several blocks of one INSERT (still one query, still
+// retried whole): the driver reuses its column buffers from block to block
+// instead of growing fresh ones to the whole batch's size, which on a VM where
+// a page fault is dear cost more CPU than the rest of the client's insert.
+// ClickHouse squashes the blocks of one INSERT back into one before it writes
+// parts, so the parts made are the same. See docs/benchmarks.md.
+const blockRows = 2048
+
 func (s *Sink) insert(q *queue, batch []segment) error {
 	ctx, cancel := context.WithTimeout(s.stop, s.opts.InsertTimeout)
 	defer cancel()
@@ -406,11 +415,19 @@ func (s *Sink) insert(q *queue, batch []segment) error {
 	if err != nil {
 		return fmt.Errorf("prepare insert into %s: %w", q.table.Name, err)
 	}
+	inBlock := 0
 	for _, seg := range batch {
 		for _, r := range seg.rows {
 			if err := b.Append(r...); err != nil {
 				_ = b.Abort()
 				return fmt.Errorf("append to %s: %w", q.table.Name, err)
+			}
+			if inBlock++; inBlock == blockRows {
+				if err := b.Flush(); err != nil {
+					_ = b.Abort()
+					return fmt.Errorf("send a block to %s: %w", q.table.Name, err)
+				}
+				inBlock = 0
 			}
 		}
 	}

@@ -391,3 +391,47 @@ func TestStopLingeringSendsAtOnce(t *testing.T) {
 		t.Fatalf("after StopLingering the row should commit without waiting out the linger: %v", err)
 	}
 }
+
+// A batch larger than one block goes as several blocks of one INSERT: every
+// row lands once, every column intact, and ClickHouse makes one part of it
+// (one block number), as it would of a single block.
+func TestBatchOfManyBlocksIsOneInsert(t *testing.T) {
+	conn := migrated(t, chtest.DSN(t))
+	const n = 5*2048 + 17
+	s := sink.New(conn, sink.Options{BatchRows: n, QueueRows: n, FlushInterval: time.Hour})
+	now := time.Now()
+	rows := make([][]any, n)
+	var sum int64
+	for i := range rows {
+		rows[i] = stripeRow(t, fmt.Sprintf("cbtxn_%06d", i), int64(i), now).Values()
+		sum += int64(i)
+	}
+	ack, err := s.TryWrite(row.StripeTxnTable, rows...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The linger is an hour: Close is what sends the batch, whole.
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := ack.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var count, distinct, raws uint64
+	var total int64
+	if err := conn.QueryRow(context.Background(), `SELECT count(), uniqExact(id), sum(amount), uniqExact(_raw)
+		FROM stripe_customer_balance_transactions`).Scan(&count, &distinct, &total, &raws); err != nil {
+		t.Fatal(err)
+	}
+	if count != n || distinct != n || total != sum || raws != n {
+		t.Errorf("%d rows, %d ids, %d distinct _raw, sum(amount) %d; want %d, %d, %d, %d", count, distinct, raws, total, n, n, n, sum)
+	}
+	var blocks uint64
+	if err := conn.QueryRow(context.Background(), `SELECT toUInt64(max(max_block_number)) FROM system.parts
+		WHERE database = currentDatabase() AND table = 'stripe_customer_balance_transactions'`).Scan(&blocks); err != nil {
+		t.Fatal(err)
+	}
+	if blocks != 1 {
+		t.Errorf("the batch made parts up to block number %d; want one insert (block 1)", blocks)
+	}
+}
