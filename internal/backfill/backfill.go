@@ -114,6 +114,8 @@ type acctState struct {
 	done    map[string]bool
 	cursors map[string]string
 
+	started *sink.Ack // the new run's row, when startRun began one
+
 	mu    sync.Mutex
 	pages []*pageState
 }
@@ -283,6 +285,24 @@ func (r *runner) run(sum *Summary) error {
 	enumErr := r.enumerate(states, chosen, jobs)
 	close(jobs)
 	workers.Wait()
+	// Every customer is read: close the sweeps, so that the next run starts
+	// a new one. The rows go with the last rows and checkpoints rather
+	// than after them, which would add an insert to the end of every run.
+	// Should those fail, the run fails, and the next run starts a new
+	// sweep instead of resuming this one: it reads every customer, which
+	// is all that resuming would have done and more.
+	var finished []*sink.Ack
+	if chosen == nil && enumErr == nil && r.ctx.Err() == nil && r.malformed.Load() == 0 {
+		for _, st := range states {
+			st.run.Finished = true
+			a, err := o.Sink.Write(r.ctx, runTable, st.run.row(time.Now()))
+			if err != nil {
+				r.fail(err)
+				break
+			}
+			finished = append(finished, a)
+		}
+	}
 	// Nothing large is coming: the last rows and checkpoints go now
 	// instead of waiting out the sink's linger.
 	o.Sink.StopLingering()
@@ -296,22 +316,17 @@ func (r *runner) run(sum *Summary) error {
 	if enumErr != nil {
 		return enumErr
 	}
-	// Every customer is done: close the sweeps, so that the next run starts
-	// a new one.
-	if chosen == nil && r.malformed.Load() == 0 {
-		var acks []*sink.Ack
-		for _, st := range states {
-			st.run.Finished = true
-			a, err := o.Sink.Write(r.ctx, runTable, st.run.row(time.Now()))
-			if err != nil {
-				return err
-			}
-			acks = append(acks, a)
+	for _, st := range states {
+		if st.started == nil {
+			continue
 		}
-		for _, a := range acks {
-			if err := a.Wait(r.ctx); err != nil {
-				return fmt.Errorf("record the finished run: %w", err)
-			}
+		if err := st.started.Wait(r.ctx); err != nil {
+			return fmt.Errorf("record the new run: %w", err)
+		}
+	}
+	for _, a := range finished {
+		if err := a.Wait(r.ctx); err != nil {
+			return fmt.Errorf("record the finished run: %w", err)
 		}
 	}
 	return nil
@@ -367,13 +382,16 @@ func (r *runner) startRun(st *acctState) error {
 	st.run = &run{Provider: r.src.Provider(), Account: st.id, ID: now.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:]),
 		Full: r.o.Full, StartedAt: now}
 	st.done = map[string]bool{}
+	// Not waited for here: the first request goes out now, not after an
+	// insert (and the sink's linger). Nothing depends on the row but the
+	// next run's choice between resuming this sweep and starting a new
+	// one, and a new sweep reads every customer anyway. The run still
+	// fails if the row cannot be written (run waits for started).
 	a, err := r.o.Sink.Write(r.ctx, runTable, st.run.row(now))
 	if err != nil {
 		return err
 	}
-	if err := a.Wait(r.ctx); err != nil {
-		return fmt.Errorf("record the new run: %w", err)
-	}
+	st.started = a
 	return nil
 }
 

@@ -3,7 +3,9 @@ package backfill
 import (
 	"bytes"
 	"context"
+	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -80,21 +82,34 @@ func TestBackfillResumesAfterInterruption(t *testing.T) {
 	t.Parallel()
 	w := newWarehouse(t, 20000)
 	emu, url := newEmulator(t, stripeemu.Config{Seed: 2, Customers: 400, HeavyCustomers: []int{1500}, Latency: time.Millisecond})
+	// The interrupted run gets about half the requests a whole run makes
+	// (455); after that its requests hang until it is cancelled, so it
+	// cannot finish before the test interrupts it, however fast it is.
+	stall := &stallAfter{base: http.DefaultTransport, budget: 230}
+	interrupted := NewStripeSource(StripeOptions{APIKey: testKey, URL: url, Retry: fastRetry,
+		Metrics: w.m, Logger: testLogger(t), HTTPClient: &http.Client{Transport: stall}})
 	src := newSource(t, url, w.m, 0)
 
-	// Interrupt the run once half the customers are checkpointed.
+	// Interrupt the run once its checkpoints stop moving.
 	ctx, cancel := context.WithCancel(context.Background())
-	half := len(emu.Customers()) / 2
 	go func() {
-		for ctx.Err() == nil {
-			if done, err := checkpointedCustomers(w); err == nil && len(done) >= half {
-				break
+		defer cancel()
+		last, still := -1, 0
+		for ctx.Err() == nil && still < 20 {
+			time.Sleep(20 * time.Millisecond)
+			done, err := checkpointedCustomers(w)
+			switch {
+			case err != nil || !stall.stalled() || len(done) != last:
+				still = 0
+			default:
+				still++
 			}
-			time.Sleep(5 * time.Millisecond)
+			if err == nil {
+				last = len(done)
+			}
 		}
-		cancel()
 	}()
-	if _, err := backfill(t, ctx, w, src, Options{Concurrency: 8}); err == nil {
+	if _, err := backfill(t, ctx, w, interrupted, Options{Concurrency: 8}); err == nil {
 		t.Fatal("the interrupted run reported success")
 	}
 	done := doneIn(t, w)
@@ -236,3 +251,21 @@ func TestEventsWindowFallsBackToSweep(t *testing.T) {
 		t.Error("events were listed beyond the 30-day window")
 	}
 }
+
+// stallAfter passes budget requests through, then holds every further one
+// until its context ends.
+type stallAfter struct {
+	base   http.RoundTripper
+	budget int64
+	n      atomic.Int64
+}
+
+func (s *stallAfter) RoundTrip(req *http.Request) (*http.Response, error) {
+	if s.n.Add(1) > s.budget {
+		<-req.Context().Done()
+		return nil, req.Context().Err()
+	}
+	return s.base.RoundTrip(req)
+}
+
+func (s *stallAfter) stalled() bool { return s.n.Load() > s.budget }
