@@ -31,6 +31,12 @@ type warehouse struct {
 
 func newWarehouse(t testing.TB, batchRows int) *warehouse {
 	t.Helper()
+	return newWarehouseWith(t, sink.Options{BatchRows: batchRows, FlushInterval: 50 * time.Millisecond})
+}
+
+// newWarehouseWith is newWarehouse with the sink's batching as given.
+func newWarehouseWith(t testing.TB, so sink.Options) *warehouse {
+	t.Helper()
 	ctx := context.Background()
 	dsn := chtest.DSN(t)
 	conn, err := sink.Open(ctx, dsn, true)
@@ -42,8 +48,9 @@ func newWarehouse(t testing.TB, batchRows int) *warehouse {
 		t.Fatal(err)
 	}
 	m := metrics.New()
-	sk := sink.New(conn, sink.Options{BatchRows: batchRows, FlushInterval: 50 * time.Millisecond, Metrics: m,
-		MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second, Logger: testLogger(t)})
+	so.Metrics, so.Logger = m, testLogger(t)
+	so.MinBackoff, so.MaxBackoff = 50*time.Millisecond, time.Second
+	sk := sink.New(conn, so)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()

@@ -76,6 +76,16 @@ const (
 // UsageError is a bad command line; the process exits 2.
 type UsageError struct{ Err error }
 
+// The sink's defaults for each command: serve sends each batch as soon as the
+// previous insert returns (acknowledgements wait on it); backfill lets a
+// batch fill for up to a second, since an insert of its rows makes a part in
+// each month it spans and ClickHouse merges fewer, larger parts more cheaply.
+const (
+	ServeBatchRows        = 10000
+	BackfillBatchRows     = 50000
+	BackfillFlushInterval = time.Second
+)
+
 func (e *UsageError) Error() string { return e.Err.Error() }
 func (e *UsageError) Unwrap() error { return e.Err }
 
@@ -142,7 +152,7 @@ func Parse(command string, args []string, getenv func(string) string, stderr io.
 	switch command {
 	case CmdServe:
 		sourceFlags()
-		sinkFlags(10000, 0)
+		sinkFlags(ServeBatchRows, 0)
 		fs.StringVar(&c.Listen, "listen", ":8080", "webhook HTTP listener")
 		fs.StringVar(&c.AdminListen, "admin-listen", ":9090", "admin listener: /metrics, /healthz, /readyz, /debug/pprof/")
 		fs.Var(&webhookSecrets, "stripe-webhook-secret", "whsec_… (repeatable or comma-separated, for rotation)")
@@ -154,7 +164,7 @@ func Parse(command string, args []string, getenv func(string) string, stderr io.
 		fs.IntVar(&c.RefreshWorkers, "refresh-workers", 8, "concurrent customer refreshes")
 	case CmdBackfill:
 		sourceFlags()
-		sinkFlags(50000, time.Second)
+		sinkFlags(BackfillBatchRows, BackfillFlushInterval)
 		providerFlags()
 		fs.StringVar(&c.SinceRaw, "since", "", "only what changed since then: RFC 3339 time or a duration such as 36h")
 		fs.BoolVar(&c.Full, "full", false, "ignore checkpoints and re-read everything")
