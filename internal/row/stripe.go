@@ -57,9 +57,24 @@ type stripeWire struct {
 // the API or a webhook, into a row. raw is kept as received in _raw.
 func NormalizeStripe(raw []byte, m Meta) (*StripeTxn, error) {
 	var w stripeWire
+	if decodeStripeFast(raw, &w) {
+		return stripeRow(&w, raw, m)
+	}
+	return normalizeStripeSlow(raw, m)
+}
+
+// normalizeStripeSlow is NormalizeStripe without the fast path: for what
+// the fast path declines, and to test the fast path against.
+func normalizeStripeSlow(raw []byte, m Meta) (*StripeTxn, error) {
+	var w stripeWire
 	if err := decodeObject(stripeObject, raw, &w); err != nil {
 		return nil, err
 	}
+	return stripeRow(&w, raw, m)
+}
+
+// stripeRow checks a decoded object and makes its row.
+func stripeRow(w *stripeWire, raw []byte, m Meta) (*StripeTxn, error) {
 	id := ""
 	if w.ID != nil {
 		id = *w.ID

@@ -1,0 +1,35 @@
+package row
+
+import (
+	"testing"
+	"time"
+)
+
+// BenchmarkNormalizeStripe measures one row of a backfill page: the
+// documented object (customer an id, as a list returns it) and one with
+// customer and invoice expanded.
+func BenchmarkNormalizeStripe(b *testing.B) {
+	benchmarkNormalizeStripe(b, NormalizeStripe)
+}
+
+// BenchmarkNormalizeStripeSlow is the same without the fast path, as
+// NormalizeStripe was: encoding/json only.
+func BenchmarkNormalizeStripeSlow(b *testing.B) {
+	benchmarkNormalizeStripe(b, normalizeStripeSlow)
+}
+
+func benchmarkNormalizeStripe(b *testing.B, normalize func([]byte, Meta) (*StripeTxn, error)) {
+	meta := Meta{Source: SourceBackfill, ObservedAt: time.Unix(1700000000, 0)}
+	for _, file := range stripeFixtures(b) {
+		raw := readFixture(b, file)
+		b.Run(file, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(raw)))
+			for b.Loop() {
+				if _, err := normalize(raw, meta); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
