@@ -27,7 +27,7 @@ func runBackfill(ctx context.Context, cfg *config.Config, log *zap.Logger, e env
 	defer conn.Close()
 	m := metrics.New()
 	sk := sink.New(conn, sink.Options{BatchRows: cfg.BatchRows, FlushInterval: cfg.FlushInterval, QueueRows: cfg.QueueRows,
-		Metrics: m, Logger: log})
+		Inserts: backfill.SinkInserts, Metrics: m, Logger: log})
 	mode := cfg.Progress
 	if mode == "auto" {
 		mode = "log"

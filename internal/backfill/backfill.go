@@ -90,6 +90,14 @@ func DefaultConcurrency(ratePerSecond float64) int {
 	return min(64, max(4, int(math.Ceil(ratePerSecond*0.25*2))))
 }
 
+// SinkInserts is how many inserts per table a backfill's sink keeps in
+// flight (sink.Options.Inserts). The backfill waits only for
+// acknowledgements, and every checkpoint table is read under FINAL by
+// version, so batches committing out of order are harmless; ClickHouse
+// works on each INSERT with one thread, so a second one uses a second core.
+// Three did worse than two on 2 cores (docs/benchmarks.md).
+const SinkInserts = 2
+
 // commitDepth is how many read customers may wait for their rows and then
 // their checkpoints to be committed. Customers finish at the commit
 // latency times this depth at most, so it must cover customers/s × insert
@@ -294,8 +302,13 @@ func (r *runner) run(sum *Summary) error {
 	var finished []*sink.Ack
 	if chosen == nil && enumErr == nil && r.ctx.Err() == nil && r.malformed.Load() == 0 {
 		for _, st := range states {
+			// Under st.mu: the checkpoint stage may still be moving the
+			// cursor (advance), and its rows now say finished too.
+			st.mu.Lock()
 			st.run.Finished = true
-			a, err := o.Sink.Write(r.ctx, runTable, st.run.row(time.Now()))
+			vals := st.run.row(time.Now())
+			st.mu.Unlock()
+			a, err := o.Sink.Write(r.ctx, runTable, vals)
 			if err != nil {
 				r.fail(err)
 				break

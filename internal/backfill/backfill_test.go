@@ -112,6 +112,13 @@ func TestBackfillResumesAfterInterruption(t *testing.T) {
 	if _, err := backfill(t, ctx, w, interrupted, Options{Concurrency: 8}); err == nil {
 		t.Fatal("the interrupted run reported success")
 	}
+	// Checkpoints the run queued before it was interrupted still commit (as
+	// `syncd backfill` drains its sink before it exits): count them after.
+	for deadline := time.Now().Add(30 * time.Second); w.sink.Queued() > 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the sink still holds %d rows 30 s after the interrupted run", w.sink.Queued())
+		}
+	}
 	done := doneIn(t, w)
 	if len(done) == 0 || len(done) >= len(emu.Customers()) {
 		t.Fatalf("%d of %d customers checkpointed by the interrupted run; want some, not all", len(done), len(emu.Customers()))

@@ -5,9 +5,12 @@
 // commit: while one insert is in flight, arriving rows gather, and when it
 // returns everything gathered (up to BatchRows) goes in the next insert. A
 // failed insert is retried with exponential backoff and jitter until it
-// succeeds or the sink is closed; rows are never dropped silently. A table's
-// rows commit in the order they were queued (one insert in flight per
-// table): webhook recovery relies on it.
+// succeeds or the sink is closed; rows are never dropped silently. With the
+// default of one insert in flight per table, a table's rows commit in the
+// order they were queued: webhook recovery relies on it. A bulk writer that
+// only waits for acknowledgements (backfill) may ask for more inserts in
+// flight (Options.Inserts): ClickHouse works on each INSERT with one thread,
+// so a second one uses a second core.
 package sink
 
 import (
@@ -47,8 +50,12 @@ type Options struct {
 	MinBackoff    time.Duration // first retry delay [100ms]
 	MaxBackoff    time.Duration // longest retry delay [10s]
 	InsertTimeout time.Duration // one insert attempt [60s]
-	Metrics       *metrics.Metrics
-	Logger        *zap.Logger
+	// Inserts in flight per table [1]. Above 1, a table's batches may
+	// commit out of order (each still whole, each acknowledged when it
+	// commits).
+	Inserts int
+	Metrics *metrics.Metrics
+	Logger  *zap.Logger
 }
 
 func (o *Options) defaults() {
@@ -69,6 +76,9 @@ func (o *Options) defaults() {
 	}
 	if o.InsertTimeout <= 0 {
 		o.InsertTimeout = 60 * time.Second
+	}
+	if o.Inserts <= 0 {
+		o.Inserts = 1
 	}
 	if o.Metrics == nil {
 		o.Metrics = metrics.New()
@@ -225,8 +235,10 @@ func (s *Sink) enqueue(t Table, rows [][]any) (*Ack, error) {
 	if q == nil {
 		q = &queue{table: t, insert: insertSQL(t), wake: make(chan struct{}, 1)}
 		s.queues[t.Name] = q
-		s.wg.Add(1)
-		go s.run(q)
+		for range s.opts.Inserts {
+			s.wg.Add(1)
+			go s.run(q)
+		}
 	}
 	// Pushed under s.mu so that Close cannot let the writer exit between
 	// the closed check and the push.
@@ -262,6 +274,11 @@ func (q *queue) push(seg segment) {
 	q.segs = append(q.segs, seg)
 	q.rows += len(seg.rows)
 	q.mu.Unlock()
+	q.poke()
+}
+
+// poke wakes a writer waiting for rows, if one is.
+func (q *queue) poke() {
 	select {
 	case q.wake <- struct{}{}:
 	default:
@@ -297,7 +314,7 @@ func (q *queue) take(max int) []segment {
 	return out
 }
 
-// run is a table's writer: group commit with an optional linger.
+// run is one of a table's writers: group commit with an optional linger.
 func (s *Sink) run(q *queue) {
 	defer s.wg.Done()
 	for {
@@ -316,6 +333,9 @@ func (s *Sink) run(q *queue) {
 		batch := q.take(s.opts.BatchRows)
 		if len(batch) == 0 {
 			continue
+		}
+		if s.opts.Inserts > 1 && q.len() > 0 {
+			q.poke() // what is left is another writer's next batch
 		}
 		if err := s.commit(q, batch); err != nil {
 			// Only Close giving up ends a commit with an error: fail what

@@ -7,6 +7,7 @@ import (
 	"os"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -433,5 +434,74 @@ func TestBatchOfManyBlocksIsOneInsert(t *testing.T) {
 	}
 	if blocks != 1 {
 		t.Errorf("the batch made parts up to block number %d; want one insert (block 1)", blocks)
+	}
+}
+
+// overlapConn is a real connection whose inserts take at least 50 ms and
+// which records how many were ever in flight at once.
+type overlapConn struct {
+	driver.Conn
+	now, max atomic.Int64
+}
+
+func (c *overlapConn) PrepareBatch(ctx context.Context, query string, opts ...driver.PrepareBatchOption) (driver.Batch, error) {
+	b, err := c.Conn.PrepareBatch(ctx, query, opts...)
+	if err != nil {
+		return nil, err
+	}
+	n := c.now.Add(1)
+	for m := c.max.Load(); n > m && !c.max.CompareAndSwap(m, n); m = c.max.Load() {
+	}
+	return &overlapBatch{Batch: b, c: c}, nil
+}
+
+type overlapBatch struct {
+	driver.Batch
+	c *overlapConn
+}
+
+func (b *overlapBatch) Send() error {
+	defer b.c.now.Add(-1)
+	time.Sleep(50 * time.Millisecond)
+	return b.Batch.Send()
+}
+
+// One insert in flight per table by default (the order webhook recovery
+// relies on); Options.Inserts allows more, and every row still commits.
+func TestInsertsInFlight(t *testing.T) {
+	base := migrated(t, chtest.DSN(t))
+	for _, inserts := range []int{1, 2} {
+		t.Run(fmt.Sprint(inserts), func(t *testing.T) {
+			ctx := context.Background()
+			if err := base.Exec(ctx, "TRUNCATE TABLE stripe_customer_balance_transactions"); err != nil {
+				t.Fatal(err)
+			}
+			conn := &overlapConn{Conn: base}
+			s := sink.New(conn, sink.Options{BatchRows: 100, Inserts: inserts})
+			now := time.Now()
+			var acks []*sink.Ack
+			for i := range 2000 {
+				ack, err := s.Write(ctx, row.StripeTxnTable, stripeRow(t, fmt.Sprintf("cbtxn_%d_%06d", inserts, i), int64(i), now).Values())
+				if err != nil {
+					t.Fatal(err)
+				}
+				acks = append(acks, ack)
+			}
+			for _, a := range acks {
+				if err := a.Wait(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.Close(ctx); err != nil {
+				t.Fatal(err)
+			}
+			var n uint64
+			if err := base.QueryRow(ctx, "SELECT count() FROM stripe_customer_balance_transactions").Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if n != 2000 || conn.max.Load() != int64(inserts) {
+				t.Errorf("%d rows committed with at most %d inserts in flight; want 2000 with %d", n, conn.max.Load(), inserts)
+			}
+		})
 	}
 }
