@@ -53,129 +53,85 @@ type stripeScalars struct {
 	livemode                       bool
 }
 
-// field reads the value of one top-level key.
+// field reads the value of one top-level key. A field given twice makes it
+// decline (encoding/json: the last one wins).
 func (d *stripeDecoder) field(key []byte) bool {
-	const (
-		id = 1 << iota
-		object
-		amount
-		checkoutSession
-		created
-		creditNote
-		currency
-		customer
-		customerAccount
-		description
-		endingBalance
-		invoice
-		livemode
-		metadata
-		typ
-	)
-	var bit int
-	switch string(key) {
-	case "id":
-		bit = id
-	case "object":
-		bit = object
-	case "amount":
-		bit = amount
-	case "checkout_session":
-		bit = checkoutSession
-	case "created":
-		bit = created
-	case "credit_note":
-		bit = creditNote
-	case "currency":
-		bit = currency
-	case "customer":
-		bit = customer
-	case "customer_account":
-		bit = customerAccount
-	case "description":
-		bit = description
-	case "ending_balance":
-		bit = endingBalance
-	case "invoice":
-		bit = invoice
-	case "livemode":
-		bit = livemode
-	case "metadata":
-		bit = metadata
-	case "type":
-		bit = typ
-	default:
-		for _, c := range key {
-			if 'A' <= c && c <= 'Z' || c >= utf8.RuneSelf || c == '\\' {
-				return false // it might name a field: encoding/json folds case
-			}
-		}
-		return d.skip(0)
-	}
-	if d.seen&bit != 0 {
-		return false // encoding/json: the last one wins
-	}
-	d.seen |= bit
-	w := &d.w
-	// A json.RawMessage holds the value as it is, null included.
-	var raw *json.RawMessage
-	switch bit {
-	case checkoutSession:
-		raw = &w.CheckoutSession
-	case creditNote:
-		raw = &w.CreditNote
-	case customer:
-		raw = &w.Customer
-	case customerAccount:
-		raw = &w.CustomerAccount
-	case description:
-		raw = &w.Description
-	case invoice:
-		raw = &w.Invoice
-	}
-	if raw != nil {
-		start := d.ws()
-		ok := d.skip(0)
-		*raw = d.b[start:d.i]
-		return ok
-	}
-	if d.null() {
-		return true // encoding/json leaves pointers and maps nil
-	}
 	if d.vals == nil {
 		d.vals = new(stripeScalars)
 	}
-	v := d.vals
-	var ok bool
-	switch bit {
-	case id:
-		v.id, ok = d.str()
-		w.ID = &v.id
-	case object:
-		v.object, ok = d.str()
-		w.Object = &v.object
-	case currency:
-		v.currency, ok = d.str()
-		w.Currency = &v.currency
-	case typ:
-		v.typ, ok = d.str()
-		w.Type = &v.typ
-	case amount:
-		v.amount, ok = d.int()
-		w.Amount = &v.amount
-	case created:
-		v.created, ok = d.int()
-		w.Created = &v.created
-	case endingBalance:
-		v.endingBalance, ok = d.int()
-		w.EndingBalance = &v.endingBalance
-	case livemode:
-		v.livemode, ok = d.bool()
-		w.Livemode = &v.livemode
-	case metadata:
+	w, v := &d.w, d.vals
+	switch string(key) {
+	case "id":
+		return d.once(0) && scalar(d, &w.ID, &v.id, d.str)
+	case "object":
+		return d.once(1) && scalar(d, &w.Object, &v.object, d.str)
+	case "currency":
+		return d.once(2) && scalar(d, &w.Currency, &v.currency, d.str)
+	case "type":
+		return d.once(3) && scalar(d, &w.Type, &v.typ, d.str)
+	case "amount":
+		return d.once(4) && scalar(d, &w.Amount, &v.amount, d.int)
+	case "created":
+		return d.once(5) && scalar(d, &w.Created, &v.created, d.int)
+	case "ending_balance":
+		return d.once(6) && scalar(d, &w.EndingBalance, &v.endingBalance, d.int)
+	case "livemode":
+		return d.once(7) && scalar(d, &w.Livemode, &v.livemode, d.bool)
+	case "checkout_session":
+		return d.once(8) && d.raw(&w.CheckoutSession)
+	case "credit_note":
+		return d.once(9) && d.raw(&w.CreditNote)
+	case "customer":
+		return d.once(10) && d.raw(&w.Customer)
+	case "customer_account":
+		return d.once(11) && d.raw(&w.CustomerAccount)
+	case "description":
+		return d.once(12) && d.raw(&w.Description)
+	case "invoice":
+		return d.once(13) && d.raw(&w.Invoice)
+	case "metadata":
+		if !d.once(14) {
+			return false
+		}
+		if d.null() {
+			return true // encoding/json leaves the map nil
+		}
 		w.Metadata = map[string]string{}
-		ok = d.object(d.metadataEntry)
+		return d.object(d.metadataEntry)
 	}
+	for _, c := range key {
+		if 'A' <= c && c <= 'Z' || c >= utf8.RuneSelf || c == '\\' {
+			return false // it might name a field: encoding/json folds case
+		}
+	}
+	return d.skip(0)
+}
+
+// once marks field bit n read, and says no if it already was.
+func (d *stripeDecoder) once(n uint) bool {
+	if d.seen&(1<<n) != 0 {
+		return false
+	}
+	d.seen |= 1 << n
+	return true
+}
+
+// raw keeps a value as it is, null included, as a json.RawMessage does.
+func (d *stripeDecoder) raw(dst *json.RawMessage) bool {
+	start := d.ws()
+	ok := d.skip(0)
+	*dst = d.b[start:d.i]
+	return ok
+}
+
+// scalar reads a value with read into *slot and points *dst at it; a null
+// leaves *dst nil, as encoding/json leaves a pointer.
+func scalar[T any](d *stripeDecoder, dst **T, slot *T, read func() (T, bool)) bool {
+	if d.null() {
+		return true
+	}
+	val, ok := read()
+	*slot, *dst = val, slot
 	return ok
 }
 
