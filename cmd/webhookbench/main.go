@@ -32,6 +32,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -467,7 +468,7 @@ func (p *poster) exchange() (status int, keep bool, err error) {
 	if len(line) < 12 || !strings.HasPrefix(string(line), "HTTP/1.") {
 		return 0, false, fmt.Errorf("bad status line %q", line)
 	}
-	if _, err := fmt.Sscanf(string(line[9:12]), "%d", &status); err != nil {
+	if status, err = strconv.Atoi(string(line[9:12])); err != nil {
 		return 0, false, fmt.Errorf("bad status line %q", line)
 	}
 	length, chunked, keep := -1, false, true
@@ -482,14 +483,14 @@ func (p *poster) exchange() (status int, keep bool, err error) {
 		}
 		name, value, _ := strings.Cut(hs, ":")
 		value = strings.TrimSpace(value)
-		switch strings.ToLower(name) {
-		case "content-length":
-			if _, err := fmt.Sscanf(value, "%d", &length); err != nil {
+		switch {
+		case strings.EqualFold(name, "Content-Length"):
+			if length, err = strconv.Atoi(value); err != nil || length < 0 {
 				return 0, false, fmt.Errorf("bad Content-Length %q", value)
 			}
-		case "transfer-encoding":
+		case strings.EqualFold(name, "Transfer-Encoding"):
 			chunked = strings.EqualFold(value, "chunked")
-		case "connection":
+		case strings.EqualFold(name, "Connection"):
 			keep = !strings.EqualFold(value, "close")
 		}
 	}
@@ -500,11 +501,11 @@ func (p *poster) exchange() (status int, keep bool, err error) {
 			if err != nil {
 				return 0, false, err
 			}
-			var n int
-			if _, err := fmt.Sscanf(strings.TrimSpace(string(h)), "%x", &n); err != nil {
+			n, err := strconv.ParseUint(strings.TrimSpace(string(h)), 16, 31)
+			if err != nil {
 				return 0, false, fmt.Errorf("bad chunk size %q", h)
 			}
-			if _, err := p.r.Discard(n + 2); err != nil { // the chunk and its CRLF
+			if _, err := p.r.Discard(int(n) + 2); err != nil { // the chunk and its CRLF
 				return 0, false, err
 			}
 			if n == 0 {
