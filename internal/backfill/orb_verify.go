@@ -95,24 +95,8 @@ func orbHeldTxns(ctx context.Context, conn driver.Conn, customers []string) (map
 	if len(customers) > 0 {
 		q += ` WHERE customer_id IN (` + sqlStrings(customers) + `)`
 	}
-	rows, err := conn.Query(ctx, q+` GROUP BY customer_id, id`)
-	if err != nil {
-		return nil, fmt.Errorf("read held orb transactions: %w", err)
-	}
-	defer rows.Close()
-	out := map[string]map[string]orbHeld{}
-	for rows.Next() {
-		var c, id string
-		var h orbHeld
-		if err := rows.Scan(&c, &id, &h.amount, &h.ending, &h.typ, &h.currency, &h.created); err != nil {
-			return nil, fmt.Errorf("read held orb transactions: %w", err)
-		}
-		if out[c] == nil {
-			out[c] = map[string]orbHeld{}
-		}
-		out[c][id] = h
-	}
-	return out, rows.Err()
+	return readHeld(ctx, conn, "held orb transactions", q+` GROUP BY customer_id, id`, nil,
+		func(h *orbHeld) []any { return []any{&h.amount, &h.ending, &h.typ, &h.currency, &h.created} })
 }
 
 // verifyOrbCustomer returns the customer's drift (nil when none) and how

@@ -228,20 +228,27 @@ func heldTxns(ctx context.Context, conn driver.Conn, account string, customers [
 	if len(customers) > 0 {
 		q += ` AND customer IN (` + sqlStrings(customers) + `)`
 	}
-	rows, err := conn.Query(ctx, q+` GROUP BY customer, id`, account)
+	return readHeld(ctx, conn, "held transactions", q+` GROUP BY customer, id`, []any{account},
+		func(h *heldTxn) []any { return []any{&h.endingBalance, &h.amount, &h.description, &h.currency, &h.typ} })
+}
+
+// readHeld runs q, whose columns are a customer, a transaction id and then
+// what fields returns pointers to, and groups the rows by customer and id.
+func readHeld[T any](ctx context.Context, conn driver.Conn, what, q string, args []any, fields func(*T) []any) (map[string]map[string]T, error) {
+	rows, err := conn.Query(ctx, q, args...)
 	if err != nil {
-		return nil, fmt.Errorf("read held transactions: %w", err)
+		return nil, fmt.Errorf("read %s: %w", what, err)
 	}
 	defer rows.Close()
-	out := map[string]map[string]heldTxn{}
+	out := map[string]map[string]T{}
 	for rows.Next() {
 		var c, id string
-		var h heldTxn
-		if err := rows.Scan(&c, &id, &h.endingBalance, &h.amount, &h.description, &h.currency, &h.typ); err != nil {
-			return nil, fmt.Errorf("read held transactions: %w", err)
+		var h T
+		if err := rows.Scan(append([]any{&c, &id}, fields(&h)...)...); err != nil {
+			return nil, fmt.Errorf("read %s: %w", what, err)
 		}
 		if out[c] == nil {
-			out[c] = map[string]heldTxn{}
+			out[c] = map[string]T{}
 		}
 		out[c][id] = h
 	}
