@@ -26,8 +26,8 @@ func runBackfill(ctx context.Context, cfg *config.Config, log *zap.Logger, e env
 	}
 	defer conn.Close()
 	m := metrics.New()
-	sk := sink.New(conn, sink.Options{BatchRows: cfg.BatchRows, FlushInterval: cfg.FlushInterval, QueueRows: cfg.QueueRows,
-		Inserts: backfill.SinkInserts, Metrics: m, Logger: log})
+	sk := sink.New(conn, backfill.SinkOptions(sink.Options{BatchRows: cfg.BatchRows, FlushInterval: cfg.FlushInterval,
+		QueueRows: cfg.QueueRows, Metrics: m, Logger: log}))
 	mode := cfg.Progress
 	if mode == "auto" {
 		mode = "log"

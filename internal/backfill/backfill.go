@@ -90,12 +90,20 @@ func DefaultConcurrency(ratePerSecond float64) int {
 	return min(64, max(4, int(math.Ceil(ratePerSecond*0.25*2))))
 }
 
-// SinkInserts is how many inserts per table a backfill's sink keeps in
-// flight (sink.Options.Inserts). The backfill waits only for
-// acknowledgements, and every checkpoint table is read under FINAL by
-// version, so batches committing out of order are harmless; ClickHouse
-// works on each INSERT with one thread, so a second one uses a second core.
-// Three did worse than two on 2 cores (docs/benchmarks.md).
+// SinkOptions sets o as a backfill's sink wants it. Two inserts in flight
+// per table: the backfill waits only for acknowledgements, and every
+// checkpoint table is read under FINAL by version, so batches committing
+// out of order are harmless; ClickHouse works on each INSERT with one
+// thread, so a second one uses a second core (three did worse than two on
+// 2 cores). One INSERT per partition: a backfill's batch spans as many
+// months as the customers it holds, and ClickHouse would otherwise copy
+// every column splitting it (docs/benchmarks.md).
+func SinkOptions(o sink.Options) sink.Options {
+	o.Inserts, o.ByPartition = SinkInserts, true
+	return o
+}
+
+// SinkInserts is how many inserts per table SinkOptions keeps in flight.
 const SinkInserts = 2
 
 // commitDepth is how many read customers may wait for their rows and then

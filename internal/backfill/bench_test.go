@@ -101,7 +101,7 @@ func BenchmarkRowsIntoClickHouse(b *testing.B) {
 
 // backfillSink is the sink's batching as `syncd backfill` sets it by default.
 func backfillSink() sink.Options {
-	return sink.Options{BatchRows: config.BackfillBatchRows, FlushInterval: config.BackfillFlushInterval, Inserts: SinkInserts}
+	return SinkOptions(sink.Options{BatchRows: config.BackfillBatchRows, FlushInterval: config.BackfillFlushInterval})
 }
 
 // cpuTimes is CPU time used so far by this process and by the ClickHouse

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 	"unicode/utf8"
@@ -183,16 +184,16 @@ func sortedMetadata(m map[string]string) (keys, values []string) {
 // Table definitions: the column lists every INSERT names. They match
 // schema/0001_base.sql.
 var (
-	StripeTxnTable = sink.Table{Name: "stripe_customer_balance_transactions", Columns: []string{
+	StripeTxnTable = monthly("created", sink.Table{Name: "stripe_customer_balance_transactions", Columns: []string{
 		"account_id", "id", "livemode", "customer", "customer_account", "amount", "currency", "created",
 		"type", "description", "ending_balance", "invoice", "credit_note", "checkout_session",
 		"metadata.key", "metadata.value", "_raw", "_source", "_event_id", "_observed_at", "_version", "_synced_at",
-	}}
-	OrbTxnTable = sink.Table{Name: "orb_customer_balance_transactions", Columns: []string{
+	}})
+	OrbTxnTable = monthly("created_at", sink.Table{Name: "orb_customer_balance_transactions", Columns: []string{
 		"id", "customer_id", "external_customer_id", "action", "type", "amount", "starting_balance",
 		"ending_balance", "currency", "created_at", "description", "invoice_id", "credit_note_id",
 		"_raw", "_source", "_event_id", "_observed_at", "_version", "_synced_at",
-	}}
+	}})
 	StripeEventTable = sink.Table{Name: "stripe_events", Columns: []string{
 		"id", "type", "account_id", "livemode", "created", "api_version", "customer", "payload", "received_at", "_version",
 	}}
@@ -200,6 +201,27 @@ var (
 		"id", "type", "created", "customer_id", "payload", "received_at", "_version",
 	}}
 )
+
+// monthly sets t's Partition for a table PARTITION BY toYYYYMM(column),
+// for the sink's one INSERT per partition. It takes the month in UTC; on a
+// server whose timezone is not UTC, rows near a month's edge may share an
+// INSERT with the next month's, which ClickHouse then splits as it would
+// any block: the same rows land, only less cheaply.
+func monthly(column string, t sink.Table) sink.Table {
+	col := slices.Index(t.Columns, column)
+	if col < 0 {
+		panic("row: table " + t.Name + " has no column " + column)
+	}
+	t.Partition = func(r []any) int64 {
+		at, ok := r[col].(time.Time)
+		if !ok {
+			return 0
+		}
+		y, m, _ := at.UTC().Date()
+		return int64(y)*100 + int64(m)
+	}
+	return t
+}
 
 // StripeEvent is one row of the Stripe intake log.
 type StripeEvent struct {

@@ -46,9 +46,15 @@ func fixture(t testing.TB, name string) []byte {
 
 func stripeRow(t testing.TB, id string, amount int64, observed time.Time) *row.StripeTxn {
 	t.Helper()
-	raw := fmt.Sprintf(`{"id":%q,"object":"customer_balance_transaction","amount":%d,"checkout_session":null,"created":1680216086,
+	return stripeRowAt(t, id, amount, 1680216086, observed)
+}
+
+// stripeRowAt is stripeRow created at the Unix time created.
+func stripeRowAt(t testing.TB, id string, amount, created int64, observed time.Time) *row.StripeTxn {
+	t.Helper()
+	raw := fmt.Sprintf(`{"id":%q,"object":"customer_balance_transaction","amount":%d,"checkout_session":null,"created":%d,
 "credit_note":null,"currency":"usd","customer":"cus_1","customer_account":null,"description":null,"ending_balance":%d,
-"invoice":null,"livemode":false,"metadata":{},"type":"adjustment"}`, id, amount, amount)
+"invoice":null,"livemode":false,"metadata":{},"type":"adjustment"}`, id, amount, created, amount)
 	r, err := row.NormalizeStripe([]byte(raw), row.Meta{Source: row.SourceBackfill, ObservedAt: observed})
 	if err != nil {
 		t.Fatal(err)
@@ -503,5 +509,232 @@ func TestInsertsInFlight(t *testing.T) {
 				t.Errorf("%d rows committed with at most %d inserts in flight; want 2000 with %d", n, conn.max.Load(), inserts)
 			}
 		})
+	}
+}
+
+// monthsRows are rows created in three months, interleaved, in two writes
+// whose rows span two months each.
+func monthsRows(t testing.TB) (writes [2][][]any, perMonth map[string]int) {
+	t.Helper()
+	months := []int64{
+		time.Date(2025, 1, 15, 0, 0, 0, 0, time.UTC).Unix(),
+		time.Date(2025, 2, 15, 0, 0, 0, 0, time.UTC).Unix(),
+		time.Date(2025, 3, 15, 0, 0, 0, 0, time.UTC).Unix(),
+	}
+	perMonth = map[string]int{}
+	now := time.Now()
+	for i := range 3000 {
+		w := i % 2
+		m := w + i/2%2 // write 0: January and February; write 1: February and March
+		r := stripeRowAt(t, fmt.Sprintf("cbtxn_%06d", i), int64(i), months[m]+int64(i), now)
+		writes[w] = append(writes[w], r.Values())
+		perMonth[r.Created.Format("200601")]++
+	}
+	return writes, perMonth
+}
+
+// tryWrites queues each write's rows into the transaction table.
+func tryWrites(t testing.TB, s *sink.Sink, writes ...[][]any) []*sink.Ack {
+	t.Helper()
+	acks := make([]*sink.Ack, len(writes))
+	for i, w := range writes {
+		ack, err := s.TryWrite(row.StripeTxnTable, w...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		acks[i] = ack
+	}
+	return acks
+}
+
+// partsByMonth reads the rows of each partition of the transaction table,
+// and checks that each is one part.
+func partsByMonth(t testing.TB, conn driver.Conn) map[string]int {
+	t.Helper()
+	q, err := conn.Query(context.Background(), `SELECT partition, toUInt64(sum(rows)), count()
+		FROM system.parts WHERE database = currentDatabase() AND table = 'stripe_customer_balance_transactions' AND active
+		GROUP BY partition`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	rows := map[string]int{}
+	for q.Next() {
+		var (
+			p    string
+			n, c uint64
+		)
+		if err := q.Scan(&p, &n, &c); err != nil {
+			t.Fatal(err)
+		}
+		if c != 1 {
+			t.Errorf("partition %s has %d parts; want 1", p, c)
+		}
+		rows[p] = int(n)
+	}
+	if err := q.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return rows
+}
+
+// With ByPartition a batch goes as one INSERT per partition; without, as
+// one INSERT that ClickHouse splits. The parts made, one per partition, and
+// the rows in them are the same either way.
+func TestOneInsertPerPartition(t *testing.T) {
+	base := migrated(t, chtest.DSN(t))
+	for _, byPartition := range []bool{false, true} {
+		t.Run(fmt.Sprintf("ByPartition=%v", byPartition), func(t *testing.T) {
+			ctx := context.Background()
+			if err := base.Exec(ctx, "TRUNCATE TABLE stripe_customer_balance_transactions"); err != nil {
+				t.Fatal(err)
+			}
+			conn := &failConn{Conn: base}
+			writes, want := monthsRows(t)
+			// One batch: the linger is an hour, and Close sends it.
+			s := sink.New(conn, sink.Options{BatchRows: 10000, FlushInterval: time.Hour, ByPartition: byPartition})
+			acks := tryWrites(t, s, writes[:]...)
+			if err := s.Close(ctx); err != nil {
+				t.Fatal(err)
+			}
+			for _, a := range acks {
+				if err := a.Wait(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := partsByMonth(t, base); !reflect.DeepEqual(got, want) {
+				t.Errorf("rows per partition %v; want %v", got, want)
+			}
+			wantInserts := []map[string]int{want}
+			if byPartition {
+				// In the order each month first appears in the batch.
+				wantInserts = []map[string]int{{"202501": want["202501"]}, {"202502": want["202502"]}, {"202503": want["202503"]}}
+			}
+			if !reflect.DeepEqual(conn.inserts, wantInserts) {
+				t.Errorf("rows per month of each insert %v; want %v", conn.inserts, wantInserts)
+			}
+		})
+	}
+}
+
+// failConn is a real connection whose inserts numbered (from 1) for which
+// fail is true fail before sending, and which records the rows of each
+// successful insert by the month they were created in.
+type failConn struct {
+	driver.Conn
+	fail func(n int64) bool // nil: none fails
+	n    atomic.Int64
+
+	mu      sync.Mutex
+	inserts []map[string]int
+}
+
+func (c *failConn) PrepareBatch(ctx context.Context, query string, opts ...driver.PrepareBatchOption) (driver.Batch, error) {
+	b, err := c.Conn.PrepareBatch(ctx, query, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &failBatch{Batch: b, c: c, n: c.n.Add(1), months: map[string]int{}}, nil
+}
+
+// sent is how many rows the successful inserts sent.
+func (c *failConn) sent() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, in := range c.inserts {
+		for _, k := range in {
+			n += k
+		}
+	}
+	return n
+}
+
+type failBatch struct {
+	driver.Batch
+	c      *failConn
+	n      int64
+	months map[string]int
+}
+
+func (b *failBatch) Append(v ...any) error {
+	b.months[v[7].(time.Time).Format("200601")]++
+	return b.Batch.Append(v...)
+}
+
+func (b *failBatch) Send() error {
+	if b.c.fail != nil && b.c.fail(b.n) {
+		_ = b.Batch.Abort()
+		return fmt.Errorf("insert %d refused by the test", b.n)
+	}
+	if err := b.Batch.Send(); err != nil {
+		return err
+	}
+	b.c.mu.Lock()
+	b.c.inserts = append(b.c.inserts, b.months)
+	b.c.mu.Unlock()
+	return nil
+}
+
+// A failed step of a batch sent by partition is retried alone: the steps
+// already committed are not sent again, and every row lands once.
+func TestByPartitionRetriesOnlyWhatFailed(t *testing.T) {
+	base := migrated(t, chtest.DSN(t))
+	conn := &failConn{Conn: base, fail: func(n int64) bool { return n == 2 }}
+	s := sink.New(conn, sink.Options{BatchRows: 10000, FlushInterval: time.Hour, ByPartition: true, MinBackoff: 10 * time.Millisecond})
+	writes, want := monthsRows(t)
+	acks := tryWrites(t, s, writes[:]...)
+	ctx := context.Background()
+	if err := s.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range acks {
+		if err := a.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := conn.sent(); got != 3000 || conn.n.Load() != 4 {
+		t.Errorf("%d inserts sent %d rows; want 4 inserts (3 partitions, one retried) sending 3,000 rows", conn.n.Load(), got)
+	}
+	if got := partsByMonth(t, base); !reflect.DeepEqual(got, want) {
+		t.Errorf("rows per partition %v; want %v", got, want)
+	}
+}
+
+// When Close gives up on a batch sent by partition, the writers whose rows
+// were not all committed see the failure, a write wholly committed before
+// it sees success, and the queue's count of rows comes back to zero (each
+// row released once, committed or not).
+func TestByPartitionGivingUp(t *testing.T) {
+	base := migrated(t, chtest.DSN(t))
+	conn := &failConn{Conn: base, fail: func(n int64) bool { return n > 1 }}
+	s := sink.New(conn, sink.Options{BatchRows: 10000, FlushInterval: time.Hour, ByPartition: true,
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	writes, _ := monthsRows(t)
+	january := writes[0][:0:0]
+	for _, r := range writes[0] {
+		if r[7].(time.Time).Month() == time.January {
+			january = append(january, r)
+		}
+	}
+	acks := tryWrites(t, s, january, writes[1])
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	err := s.Close(ctx)
+	if err == nil {
+		t.Fatal("Close must report rows it could not write")
+	}
+	t.Log(err)
+	if err := acks[0].Err(); err != nil {
+		t.Errorf("January's write, committed by the first insert, sees %v", err)
+	}
+	if acks[1].Err() == nil {
+		t.Error("a write with rows not committed must not see success")
+	}
+	if q := s.Queued(); q != 0 {
+		t.Errorf("Queued() = %d after Close; want 0", q)
+	}
+	if got := conn.sent(); got != len(january) {
+		t.Errorf("%d rows sent; want January's %d", got, len(january))
 	}
 }
