@@ -5,11 +5,13 @@ package row
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -184,16 +186,16 @@ func sortedMetadata(m map[string]string) (keys, values []string) {
 // Table definitions: the column lists every INSERT names. They match
 // schema/0001_base.sql.
 var (
-	StripeTxnTable = monthly("created", sink.Table{Name: "stripe_customer_balance_transactions", Columns: []string{
+	StripeTxnTable = mergeTree(sink.Table{Name: "stripe_customer_balance_transactions", Columns: []string{
 		"account_id", "id", "livemode", "customer", "customer_account", "amount", "currency", "created",
 		"type", "description", "ending_balance", "invoice", "credit_note", "checkout_session",
 		"metadata.key", "metadata.value", "_raw", "_source", "_event_id", "_observed_at", "_version", "_synced_at",
-	}})
-	OrbTxnTable = monthly("created_at", sink.Table{Name: "orb_customer_balance_transactions", Columns: []string{
+	}}, "created", "account_id", "customer", "created", "id")
+	OrbTxnTable = mergeTree(sink.Table{Name: "orb_customer_balance_transactions", Columns: []string{
 		"id", "customer_id", "external_customer_id", "action", "type", "amount", "starting_balance",
 		"ending_balance", "currency", "created_at", "description", "invoice_id", "credit_note_id",
 		"_raw", "_source", "_event_id", "_observed_at", "_version", "_synced_at",
-	}})
+	}}, "created_at", "customer_id", "created_at", "id")
 	StripeEventTable = sink.Table{Name: "stripe_events", Columns: []string{
 		"id", "type", "account_id", "livemode", "created", "api_version", "customer", "payload", "received_at", "_version",
 	}}
@@ -202,25 +204,55 @@ var (
 	}}
 )
 
-// monthly sets t's Partition for a table PARTITION BY toYYYYMM(column),
-// for the sink's one INSERT per partition. It takes the month in UTC; on a
-// server whose timezone is not UTC, rows near a month's edge may share an
-// INSERT with the next month's, which ClickHouse then splits as it would
-// any block: the same rows land, only less cheaply.
-func monthly(column string, t sink.Table) sink.Table {
-	col := slices.Index(t.Columns, column)
-	if col < 0 {
-		panic("row: table " + t.Name + " has no column " + column)
-	}
-	t.Partition = func(r []any) int64 {
-		at, ok := r[col].(time.Time)
-		if !ok {
-			return 0
+// mergeTree describes the layout of a table PARTITION BY toYYYYMM(month)
+// ORDER BY (orderBy...) to the sink (Table.Partition and Table.Order), so
+// that a backfill can send one INSERT per partition, sorted. The month
+// column is a DateTime('UTC'), so its months are UTC's on any server.
+// TestTableLayoutsMatchTheServer (internal/sink) checks both against
+// ClickHouse.
+func mergeTree(t sink.Table, month string, orderBy ...string) sink.Table {
+	col := func(name string) int {
+		i := slices.Index(t.Columns, name)
+		if i < 0 {
+			panic("row: table " + t.Name + " has no column " + name)
 		}
-		y, m, _ := at.UTC().Date()
-		return int64(y)*100 + int64(m)
+		return i
+	}
+	m := col(month)
+	t.Partition = func(r []any) int64 {
+		at, _ := r[m].(time.Time)
+		y, mon, _ := at.UTC().Date()
+		return int64(y)*100 + int64(mon)
+	}
+	order := make([]int, len(orderBy))
+	for i, name := range orderBy {
+		order[i] = col(name)
+	}
+	t.Order = func(a, b []any) int {
+		for _, i := range order {
+			if c := compareValues(a[i], b[i]); c != 0 {
+				return c
+			}
+		}
+		return 0
 	}
 	return t
+}
+
+// compareValues orders two values of one column as ClickHouse does:
+// strings byte by byte, DateTimes by the second.
+func compareValues(a, b any) int {
+	switch a := a.(type) {
+	case string:
+		if b, ok := b.(string); ok {
+			return strings.Compare(a, b)
+		}
+	case time.Time:
+		if b, ok := b.(time.Time); ok {
+			return cmp.Compare(a.Unix(), b.Unix())
+		}
+	}
+	return 0
 }
 
 // StripeEvent is one row of the Stripe intake log.

@@ -42,6 +42,12 @@ type Table struct {
 	// one partition); Options.ByPartition uses it. It must not fail: it
 	// sees only rows of the table's shape.
 	Partition func(row []any) int64
+	// Order, if set, compares rows as the table's ORDER BY does.
+	// Options.ByPartition sends each INSERT's rows in that order:
+	// ClickHouse skips sorting a block that already is. Rows it orders
+	// differently from the server are still written correctly, only
+	// sorted again by the server.
+	Order func(a, b []any) int
 }
 
 // Errors a writer can see.
@@ -66,7 +72,8 @@ type Options struct {
 	// one INSERT per partition. ClickHouse otherwise splits every block it
 	// receives by partition, copying each column (in the backfill benchmark
 	// a third of the server's CPU per row); an INSERT of one partition's
-	// rows is written as it came. The parts made are the same, one per
+	// rows, sorted by Table.Order, is written as it came (sorting them
+	// took another fifth). The parts made are the same, one per
 	// partition per batch. A batch then commits in steps: a table's rows
 	// no longer commit in the order queued, a write is acknowledged when
 	// all its rows are committed, and a failed step is retried without
@@ -398,69 +405,90 @@ func (s *Sink) StopLingering() {
 	s.hurryOne.Do(func() { close(s.hurry) })
 }
 
-// commit inserts batch, as one INSERT or one per partition, and on giving up
-// returns the segments not committed.
-func (s *Sink) commit(q *queue, batch []segment) ([]segment, error) {
-	if !s.opts.ByPartition || q.table.Partition == nil {
-		if err := s.commitOne(q, batch); err != nil {
-			return batch, err
-		}
-		return nil, nil
-	}
-	parts := byPartition(q.table.Partition, batch)
-	for i, p := range parts {
-		if err := s.commitOne(q, p); err != nil {
-			return slices.Concat(parts[i:]...), err
+// commit inserts batch, as one INSERT or (ByPartition) one per partition,
+// and on giving up returns the shares of the rows not committed.
+func (s *Sink) commit(q *queue, batch []segment) ([]share, error) {
+	steps := s.plan(q.table, batch)
+	for i, st := range steps {
+		if err := s.commitStep(q, st); err != nil {
+			var rest []share
+			for _, st := range steps[i:] {
+				rest = append(rest, st.shares...)
+			}
+			return rest, err
 		}
 	}
 	return nil, nil
 }
 
-// byPartition splits batch by partition, in the order each partition first
-// appears; within one, rows keep their order and their write's Ack.
-func byPartition(partition func([]any) int64, batch []segment) [][]segment {
-	index := map[int64]int{}
-	var parts [][]segment
-	for _, seg := range batch {
-		for _, r := range seg.rows {
-			k := partition(r)
-			i, ok := index[k]
-			if !ok {
-				i = len(parts)
-				index[k] = i
-				parts = append(parts, nil)
-			}
-			p := parts[i]
-			if last := len(p) - 1; last >= 0 && p[last].ack == seg.ack {
-				p[last].rows = append(p[last].rows, r)
-			} else {
-				p = append(p, segment{ack: seg.ack, rows: [][]any{r}})
-			}
-			parts[i] = p
-		}
-	}
-	return parts
+// share is n rows of one write.
+type share struct {
+	ack *Ack
+	n   int
 }
 
-// commitOne inserts batch as one INSERT, retrying with backoff until it
-// succeeds or the sink is told to stop.
-func (s *Sink) commitOne(q *queue, batch []segment) error {
-	n := 0
-	for _, seg := range batch {
-		n += len(seg.rows)
+// step is the rows of one INSERT and the writes they come from.
+type step struct {
+	rows   [][]any
+	shares []share
+}
+
+// plan makes the INSERTs of batch: one, or with ByPartition and a
+// partitioned table one per partition, in the order each partition first
+// appears, each sorted by t.Order when the table has one.
+func (s *Sink) plan(t Table, batch []segment) []step {
+	if !s.opts.ByPartition || t.Partition == nil {
+		var one step
+		for _, seg := range batch {
+			one.rows = append(one.rows, seg.rows...)
+			one.shares = append(one.shares, share{seg.ack, len(seg.rows)})
+		}
+		return []step{one}
 	}
+	index := map[int64]int{}
+	var steps []step
+	for _, seg := range batch {
+		for _, r := range seg.rows {
+			k := t.Partition(r)
+			i, ok := index[k]
+			if !ok {
+				i = len(steps)
+				index[k] = i
+				steps = append(steps, step{})
+			}
+			st := &steps[i]
+			st.rows = append(st.rows, r)
+			if last := len(st.shares) - 1; last >= 0 && st.shares[last].ack == seg.ack {
+				st.shares[last].n++
+			} else {
+				st.shares = append(st.shares, share{seg.ack, 1})
+			}
+		}
+	}
+	if t.Order != nil {
+		for _, st := range steps {
+			slices.SortStableFunc(st.rows, t.Order)
+		}
+	}
+	return steps
+}
+
+// commitStep inserts st as one INSERT, retrying with backoff until it
+// succeeds or the sink is told to stop.
+func (s *Sink) commitStep(q *queue, st step) error {
+	n := len(st.rows)
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = s.opts.MinBackoff
 	bo.MaxInterval = s.opts.MaxBackoff
 	bo.RandomizationFactor = 0.5
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
-		err := s.insert(q, batch)
+		err := s.insert(q, st.rows)
 		s.opts.Metrics.SinkFlush.Observe(time.Since(start).Seconds())
 		if err == nil {
 			s.opts.Metrics.SinkRows.WithLabelValues(q.table.Name).Add(float64(n))
-			for _, seg := range batch {
-				seg.ack.committed(len(seg.rows))
+			for _, sh := range st.shares {
+				sh.ack.committed(sh.n)
 			}
 			s.release(n)
 			if attempt > 1 {
@@ -490,26 +518,22 @@ func (s *Sink) commitOne(q *queue, batch []segment) error {
 // parts, so the parts made are the same. See docs/benchmarks.md.
 const blockRows = 2048
 
-func (s *Sink) insert(q *queue, batch []segment) error {
+func (s *Sink) insert(q *queue, rows [][]any) error {
 	ctx, cancel := context.WithTimeout(s.stop, s.opts.InsertTimeout)
 	defer cancel()
 	b, err := s.conn.PrepareBatch(ctx, q.insert)
 	if err != nil {
 		return fmt.Errorf("prepare insert into %s: %w", q.table.Name, err)
 	}
-	inBlock := 0
-	for _, seg := range batch {
-		for _, r := range seg.rows {
-			if err := b.Append(r...); err != nil {
+	for i, r := range rows {
+		if err := b.Append(r...); err != nil {
+			_ = b.Abort()
+			return fmt.Errorf("append to %s: %w", q.table.Name, err)
+		}
+		if (i+1)%blockRows == 0 {
+			if err := b.Flush(); err != nil {
 				_ = b.Abort()
-				return fmt.Errorf("append to %s: %w", q.table.Name, err)
-			}
-			if inBlock++; inBlock == blockRows {
-				if err := b.Flush(); err != nil {
-					_ = b.Abort()
-					return fmt.Errorf("send a block to %s: %w", q.table.Name, err)
-				}
-				inBlock = 0
+				return fmt.Errorf("send a block to %s: %w", q.table.Name, err)
 			}
 		}
 	}
@@ -519,19 +543,24 @@ func (s *Sink) insert(q *queue, batch []segment) error {
 	return nil
 }
 
-// abandon fails batch and everything still queued in q with err.
-func (s *Sink) abandon(q *queue, batch []segment, err error) {
+// abandon fails the rows of rest and everything still queued in q with err.
+func (s *Sink) abandon(q *queue, rest []share, err error) {
 	for {
 		n := 0
-		for _, seg := range batch {
-			seg.ack.resolve(err)
-			n += len(seg.rows)
+		for _, sh := range rest {
+			sh.ack.resolve(err)
+			n += sh.n
 		}
 		if n > 0 {
 			s.release(n)
 		}
-		if batch = q.take(int(^uint(0) >> 1)); len(batch) == 0 {
+		batch := q.take(int(^uint(0) >> 1))
+		if len(batch) == 0 {
 			return
+		}
+		rest = rest[:0]
+		for _, seg := range batch {
+			rest = append(rest, share{seg.ack, len(seg.rows)})
 		}
 	}
 }

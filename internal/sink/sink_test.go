@@ -618,11 +618,12 @@ func TestOneInsertPerPartition(t *testing.T) {
 }
 
 // failConn is a real connection whose inserts numbered (from 1) for which
-// fail is true fail before sending, and which records the rows of each
-// successful insert by the month they were created in.
+// fail is true fail before sending, and which counts the rows of each
+// successful insert by key.
 type failConn struct {
 	driver.Conn
-	fail func(n int64) bool // nil: none fails
+	fail func(n int64) bool   // nil: none fails
+	key  func(r []any) string // nil: stripeMonth
 	n    atomic.Int64
 
 	mu      sync.Mutex
@@ -658,9 +659,16 @@ type failBatch struct {
 }
 
 func (b *failBatch) Append(v ...any) error {
-	b.months[v[7].(time.Time).Format("200601")]++
+	key := b.c.key
+	if key == nil {
+		key = stripeMonth
+	}
+	b.months[key(v)]++
 	return b.Batch.Append(v...)
 }
+
+// stripeMonth is the month a Stripe transaction row was created in.
+func stripeMonth(r []any) string { return r[7].(time.Time).Format("200601") }
 
 func (b *failBatch) Send() error {
 	if b.c.fail != nil && b.c.fail(b.n) {
@@ -713,7 +721,7 @@ func TestByPartitionGivingUp(t *testing.T) {
 	writes, _ := monthsRows(t)
 	january := writes[0][:0:0]
 	for _, r := range writes[0] {
-		if r[7].(time.Time).Month() == time.January {
+		if stripeMonth(r) == "202501" {
 			january = append(january, r)
 		}
 	}
@@ -736,5 +744,76 @@ func TestByPartitionGivingUp(t *testing.T) {
 	}
 	if got := conn.sent(); got != len(january) {
 		t.Errorf("%d rows sent; want January's %d", got, len(january))
+	}
+}
+
+// writerBlocks reads the server's count of blocks written as parts by
+// inserts, and of those it found already sorted.
+func writerBlocks(t testing.TB, conn driver.Conn) (blocks, sorted uint64) {
+	t.Helper()
+	if err := conn.QueryRow(context.Background(), `SELECT
+		sumIf(value, event = 'MergeTreeDataWriterBlocks'), sumIf(value, event = 'MergeTreeDataWriterBlocksAlreadySorted')
+		FROM system.events`).Scan(&blocks, &sorted); err != nil {
+		t.Fatal(err)
+	}
+	return blocks, sorted
+}
+
+// Table.Partition and Table.Order agree with the server: rows of several
+// accounts, customers and months, queued in no order, go as one INSERT per
+// partition that ClickHouse writes as one block (its partitions are the
+// sink's) and finds already sorted (its ORDER BY is the sink's).
+func TestTableLayoutsMatchTheServer(t *testing.T) {
+	conn := migrated(t, chtest.DSN(t))
+	observed := time.Now()
+	start := time.Date(2025, 1, 31, 23, 0, 0, 0, time.UTC).Unix() // a month's edge
+	stripe := func(i int) []any {
+		raw := fmt.Sprintf(`{"id":"cbtxn_%d","object":"customer_balance_transaction","amount":1,"checkout_session":null,
+"created":%d,"credit_note":null,"currency":"usd","customer":"cus_%d","customer_account":null,"description":null,
+"ending_balance":1,"invoice":null,"livemode":false,"metadata":{},"type":"adjustment"}`, (i*7919)%1000, start+int64(i*37%7200), i%3)
+		r, err := row.NormalizeStripe([]byte(raw), row.Meta{AccountID: fmt.Sprintf("acct_%d", i%2), Source: row.SourceBackfill, ObservedAt: observed})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Values()
+	}
+	orb := func(i int) []any {
+		at := time.Unix(start+int64(i*37%7200), 0).UTC().Format("2006-01-02T15:04:05")
+		raw := fmt.Sprintf(`{"id":"o-%d","action":"manual_adjustment","amount":"1","created_at":%q,"credit_note":null,
+"description":null,"ending_balance":"1","invoice":null,"starting_balance":"0","type":"increment"}`, (i*7919)%1000, at)
+		r, err := row.NormalizeOrb([]byte(raw), row.OrbCustomer{ID: fmt.Sprintf("c%d", i%3), Currency: "USD"}, row.Meta{Source: row.SourceBackfill, ObservedAt: observed})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Values()
+	}
+	for _, tc := range []struct {
+		table sink.Table
+		make  func(int) []any
+	}{{row.StripeTxnTable, stripe}, {row.OrbTxnTable, orb}} {
+		t.Run(tc.table.Name, func(t *testing.T) {
+			rows := make([][]any, 1000)
+			for i := range rows {
+				rows[i] = tc.make(i)
+			}
+			counted := &failConn{Conn: conn, key: func([]any) string { return "" }}
+			s := sink.New(counted, sink.Options{BatchRows: len(rows), FlushInterval: time.Hour, ByPartition: true})
+			blocks0, sorted0 := writerBlocks(t, conn)
+			ack, err := s.TryWrite(tc.table, rows...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Close(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if err := ack.Err(); err != nil {
+				t.Fatal(err)
+			}
+			blocks, sorted := writerBlocks(t, conn)
+			if inserts := uint64(counted.n.Load()); inserts != 2 || blocks-blocks0 != 2 || sorted-sorted0 != 2 {
+				t.Errorf("%d inserts made %d blocks, %d of them already sorted; want 2 (January, February), 2, 2",
+					inserts, blocks-blocks0, sorted-sorted0)
+			}
+		})
 	}
 }
