@@ -160,6 +160,32 @@ func TestServedJSONMatchesTheFixtureShape(t *testing.T) {
 	}
 }
 
+// Answers carry a Content-Length, as Stripe's do, rather than chunks (which
+// net/http would use for a large page otherwise).
+func TestAnswersAreSized(t *testing.T) {
+	e := newEmu(t, Config{Seed: 1, HeavyCustomers: []int{300}})
+	srv := httptest.NewServer(e)
+	defer srv.Close()
+	c := heaviest(e)
+	for _, path := range []string{"/v1/customers?limit=100", "/v1/customers/" + c.ID + "/balance_transactions?limit=100",
+		"/v1/customers/" + c.ID, "/v1/nowhere"} {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+path, nil)
+		req.Header.Set("Authorization", "Bearer sk_test_emulator")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.ContentLength != int64(len(body)) || len(res.TransferEncoding) != 0 || len(body) == 0 {
+			t.Errorf("%s: %d, Content-Length %d, Transfer-Encoding %v for a body of %d bytes", path, res.StatusCode, res.ContentLength, res.TransferEncoding, len(body))
+		}
+	}
+}
+
 // heaviest returns the customer with the most transactions.
 func heaviest(e *Emulator) Customer {
 	cs := e.Customers()

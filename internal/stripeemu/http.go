@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -149,8 +150,12 @@ func writeError(w http.ResponseWriter, e *apiError) {
 	w.Write(append(body, '\n'))
 }
 
+// writeJSON answers with body, sized as Stripe's API sizes its answers
+// (a Content-Length, not chunks).
 func writeJSON(w http.ResponseWriter, body []byte) {
-	w.Header().Set("Content-Type", "application/json")
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.Write(body)
 }
 
