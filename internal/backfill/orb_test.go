@@ -174,7 +174,7 @@ func TestOrbSourceFetchesACustomerNotListed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rows) != 3 || rows[0][1] != cus.ID || rows[0][8] != cus.Currency {
+	if len(rows) != 3 || *rows[0][1].(*string) != cus.ID || *rows[0][8].(*string) != cus.Currency {
 		t.Fatalf("rows %v; want 3 of %s in %s", rows, cus.ID, cus.Currency)
 	}
 	if _, err := src.Transactions(context.Background(), "", "cus_missing", "", func(Page) error { return nil }); !NotFound(err) {

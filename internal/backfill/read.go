@@ -41,7 +41,8 @@ func readCustomer(ctx context.Context, src Lister, sk *sink.Sink, log *zap.Logge
 	fn := func(p Page) error {
 		rows := make([][]any, 0, len(p.Items))
 		for _, raw := range p.Items {
-			vals, err := src.Row(raw, row.Meta{AccountID: account, CustomerID: customer, Source: source, ObservedAt: p.ObservedAt})
+			vals, err := src.Row(raw, row.Meta{AccountID: account, CustomerID: customer, Source: source, ObservedAt: p.ObservedAt,
+				RawStable: true})
 			if err != nil {
 				res.malformed++
 				log.Error("source object refused by the normaliser; not written",

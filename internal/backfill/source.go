@@ -31,6 +31,8 @@ var TriggerTypes = []string{
 // Page is one page of a list endpoint: the items' raw JSON in the API's
 // order, whether more follow, and when the response arrived.
 type Page struct {
+	// Items are the page's own: nothing writes to them once the page is
+	// handed over, so rows may refer to them (row.Meta.RawStable).
 	Items      []json.RawMessage
 	HasMore    bool
 	ObservedAt time.Time

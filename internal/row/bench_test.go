@@ -1,6 +1,7 @@
 package row
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -33,3 +34,26 @@ func benchmarkNormalizeStripe(b *testing.B, normalize func([]byte, Meta) (*Strip
 		})
 	}
 }
+
+// BenchmarkStripeValues measures turning a normalised row into the values
+// the sink queues: from a webhook's pooled body (_raw copied) and from a
+// list page (RawStable, as backfill reads).
+func BenchmarkStripeValues(b *testing.B) {
+	for _, stable := range []bool{false, true} {
+		b.Run(fmt.Sprintf("RawStable=%v", stable), func(b *testing.B) {
+			r, err := NormalizeStripe(readFixture(b, "stripe_documented.json"),
+				Meta{Source: SourceBackfill, ObservedAt: time.Unix(1700000000, 0), RawStable: stable})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				queued = r.Values()
+			}
+		})
+	}
+}
+
+// queued keeps BenchmarkStripeValues's rows on the heap, as the sink's
+// queue does.
+var queued []any

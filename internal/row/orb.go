@@ -40,6 +40,7 @@ type OrbTxn struct {
 	InvoiceID          *string
 	CreditNoteID       *string
 	Raw                []byte
+	rawStable          bool // Meta.RawStable
 	Source             string
 	EventID            *string
 	ObservedAt         time.Time
@@ -101,6 +102,7 @@ func NormalizeOrb(raw []byte, c OrbCustomer, m Meta) (*OrbTxn, error) {
 		Currency:           c.Currency,
 		CreatedAt:          created,
 		Raw:                raw,
+		rawStable:          m.RawStable,
 		Source:             m.Source,
 		EventID:            m.EventID,
 		ObservedAt:         m.ObservedAt.UTC(),
@@ -163,7 +165,7 @@ func parseOrbTime(s string) (time.Time, error) {
 
 // Values returns the row in OrbTxnTable's column order.
 func (r *OrbTxn) Values() []any {
-	return []any{r.ID, r.CustomerID, r.ExternalCustomerID, r.Action, r.Type, r.Amount, r.StartingBalance,
-		r.EndingBalance, r.Currency, r.CreatedAt, r.Description, r.InvoiceID, r.CreditNoteID,
-		string(r.Raw), r.Source, r.EventID, r.ObservedAt, r.Version, r.SyncedAt}
+	return []any{&r.ID, &r.CustomerID, r.ExternalCustomerID, &r.Action, &r.Type, &r.Amount, &r.StartingBalance,
+		&r.EndingBalance, &r.Currency, &r.CreatedAt, r.Description, r.InvoiceID, r.CreditNoteID,
+		rawValue(r.Raw, r.rawStable), &r.Source, r.EventID, &r.ObservedAt, &r.Version, &r.SyncedAt}
 }

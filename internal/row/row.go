@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/syncd/syncd/internal/sink"
 )
@@ -34,6 +35,10 @@ type Meta struct {
 	Source     string
 	EventID    *string
 	ObservedAt time.Time // when the source produced this state
+	// RawStable says raw is never written again (a list page's own body),
+	// so the row's _raw may refer to it instead of copying it. A webhook
+	// body in a pooled buffer is not.
+	RawStable bool
 }
 
 // Version orders observations of one object: a later observation has a
@@ -220,7 +225,7 @@ func mergeTree(t sink.Table, month string, orderBy ...string) sink.Table {
 	}
 	m := col(month)
 	t.Partition = func(r []any) int64 {
-		at, _ := r[m].(time.Time)
+		at, _ := deref(r[m]).(time.Time)
 		y, mon, _ := at.UTC().Date()
 		return int64(y)*100 + int64(mon)
 	}
@@ -242,6 +247,7 @@ func mergeTree(t sink.Table, month string, orderBy ...string) sink.Table {
 // compareValues orders two values of one column as ClickHouse does:
 // strings byte by byte, DateTimes by the second.
 func compareValues(a, b any) int {
+	a, b = deref(a), deref(b)
 	switch a := a.(type) {
 	case string:
 		if b, ok := b.(string); ok {
@@ -287,6 +293,30 @@ type OrbEvent struct {
 // Values returns the row in OrbEventTable's column order.
 func (e *OrbEvent) Values() []any {
 	return []any{e.ID, e.Type, e.Created.UTC(), e.CustomerID, string(e.Payload), e.ReceivedAt.UTC(), Version(e.ReceivedAt)}
+}
+
+// rawValue is raw as the _raw value: raw itself when stable, else a copy.
+func rawValue(raw []byte, stable bool) string {
+	if stable {
+		return unsafe.String(unsafe.SliceData(raw), len(raw))
+	}
+	return string(raw)
+}
+
+// deref is a row value as the column holds it: Values gives scalars as
+// pointers.
+func deref(v any) any {
+	switch v := v.(type) {
+	case *string:
+		if v != nil {
+			return *v
+		}
+	case *time.Time:
+		if v != nil {
+			return *v
+		}
+	}
+	return v
 }
 
 func boolByte(b bool) uint8 {

@@ -1,10 +1,13 @@
 package row
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -312,5 +315,53 @@ func TestVersionOrdersObservations(t *testing.T) {
 	}
 	if Version(time.Time{}) != 0 {
 		t.Error("zero time gives version 0")
+	}
+}
+
+// A row's _raw is a copy of the object's bytes, so a caller may reuse its
+// buffer once the row is made (a webhook body is pooled), unless
+// Meta.RawStable said the bytes are never written again: then the row
+// refers to them and spares the copy.
+func TestValuesAndTheRawBuffer(t *testing.T) {
+	orbRaw := []byte(`{"id":"o-1","action":"manual_adjustment","amount":"1.5","created_at":"2024-03-27T15:42:29","credit_note":null,
+"description":null,"ending_balance":"1.5","invoice":null,"starting_balance":"0","type":"increment"}`)
+	for _, tc := range []struct {
+		name string
+		raw  []byte
+		make func(raw []byte, m Meta) ([]any, error)
+		cols []string
+	}{
+		{"stripe", readFixture(t, "stripe_documented.json"), func(raw []byte, m Meta) ([]any, error) {
+			r, err := NormalizeStripe(raw, m)
+			if err != nil {
+				return nil, err
+			}
+			return r.Values(), nil
+		}, StripeTxnTable.Columns},
+		{"orb", orbRaw, func(raw []byte, m Meta) ([]any, error) {
+			r, err := NormalizeOrb(raw, OrbCustomer{ID: "c1", Currency: "USD"}, m)
+			if err != nil {
+				return nil, err
+			}
+			return r.Values(), nil
+		}, OrbTxnTable.Columns},
+	} {
+		for _, stable := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/RawStable=%v", tc.name, stable), func(t *testing.T) {
+				buf := bytes.Clone(tc.raw)
+				vals, err := tc.make(buf, Meta{Source: SourceBackfill, ObservedAt: time.Unix(1700000000, 0), RawStable: stable})
+				if err != nil {
+					t.Fatal(err)
+				}
+				raw := vals[slices.Index(tc.cols, "_raw")].(string)
+				if raw != string(tc.raw) {
+					t.Fatalf("_raw %q; want the object's bytes", raw)
+				}
+				copy(buf, bytes.Repeat([]byte{'#'}, len(buf))) // the caller reuses its buffer
+				if aliased := raw != string(tc.raw); aliased != stable {
+					t.Errorf("after the buffer is reused _raw reads %.20q…; RawStable=%v wants it to refer to the buffer: %v", raw, stable, stable)
+				}
+			})
+		}
 	}
 }

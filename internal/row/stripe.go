@@ -27,6 +27,7 @@ type StripeTxn struct {
 	MetadataKeys    []string
 	MetadataValues  []string
 	Raw             []byte
+	rawStable       bool // Meta.RawStable
 	Source          string
 	EventID         *string
 	ObservedAt      time.Time
@@ -110,6 +111,7 @@ func stripeRow(w *stripeWire, raw []byte, m Meta) (*StripeTxn, error) {
 		Type:          *w.Type,
 		EndingBalance: *w.EndingBalance,
 		Raw:           raw,
+		rawStable:     m.RawStable,
 		Source:        m.Source,
 		EventID:       m.EventID,
 		ObservedAt:    m.ObservedAt.UTC(),
@@ -137,9 +139,12 @@ func stripeRow(w *stripeWire, raw []byte, m Meta) (*StripeTxn, error) {
 	return r, nil
 }
 
-// Values returns the row in StripeTxnTable's column order.
+// Values returns the row in StripeTxnTable's column order. Scalars are
+// given as pointers into r (the driver reads either), which spares boxing
+// each one on the heap: r must not change while the row is queued. _raw is
+// a copy of Raw unless Meta.RawStable said Raw is never written again.
 func (r *StripeTxn) Values() []any {
-	return []any{r.AccountID, r.ID, boolByte(r.Livemode), r.Customer, r.CustomerAccount, r.Amount, r.Currency,
-		r.Created, r.Type, r.Description, r.EndingBalance, r.Invoice, r.CreditNote, r.CheckoutSession,
-		r.MetadataKeys, r.MetadataValues, string(r.Raw), r.Source, r.EventID, r.ObservedAt, r.Version, r.SyncedAt}
+	return []any{&r.AccountID, &r.ID, boolByte(r.Livemode), &r.Customer, r.CustomerAccount, &r.Amount, &r.Currency,
+		&r.Created, &r.Type, r.Description, &r.EndingBalance, r.Invoice, r.CreditNote, r.CheckoutSession,
+		r.MetadataKeys, r.MetadataValues, rawValue(r.Raw, r.rawStable), &r.Source, r.EventID, &r.ObservedAt, &r.Version, &r.SyncedAt}
 }

@@ -668,7 +668,7 @@ func (b *failBatch) Append(v ...any) error {
 }
 
 // stripeMonth is the month a Stripe transaction row was created in.
-func stripeMonth(r []any) string { return r[7].(time.Time).Format("200601") }
+func stripeMonth(r []any) string { return r[7].(*time.Time).Format("200601") }
 
 func (b *failBatch) Send() error {
 	if b.c.fail != nil && b.c.fail(b.n) {

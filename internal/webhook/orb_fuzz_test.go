@@ -42,7 +42,7 @@ func TestOrbKnownVector(t *testing.T) {
 	if d.id != "evt_vec" || len(d.writes) != 2 || d.writes[0].table.Name != row.OrbTxnTable.Name || d.writes[1].table.Name != row.OrbEventTable.Name {
 		t.Fatalf("delivery %+v", d)
 	}
-	if cur := d.writes[0].row[8]; cur != "EUR" {
+	if cur := *d.writes[0].row[8].(*string); cur != "EUR" {
 		t.Errorf("currency %v, want the customer's EUR", cur)
 	}
 	if _, err := a.accept(h, append(body[:len(body):len(body)], ' '), now); err == nil {
