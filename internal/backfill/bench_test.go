@@ -67,9 +67,9 @@ func rateLimitUtilisation(b *testing.B, customers int) {
 // the baseline measured in the same run on the same server, a bare
 // clickhouse-go PrepareBatch/Append/Send of the same rows in inserts of the
 // same size, one at a time, into a copy of the table. The backfill's sink is
-// set as `syncd backfill` sets it (50,000-row batches, two inserts in
-// flight). Read the ratio: absolute figures on a shared 2-core machine move
-// with its load.
+// set as `syncd backfill` sets it (SinkOptions: 50,000-row batches, one
+// sorted INSERT per partition, two in flight). Read the ratio: absolute
+// figures on a shared 2-core machine move with its load.
 //
 //	go test ./internal/backfill -run '^$' -bench RowsIntoClickHouse -benchtime 1x
 func BenchmarkRowsIntoClickHouse(b *testing.B) {
