@@ -438,7 +438,11 @@ type step struct {
 // appears, each sorted by t.Order when the table has one.
 func (s *Sink) plan(t Table, batch []segment) []step {
 	if !s.opts.ByPartition || t.Partition == nil {
-		var one step
+		n := 0
+		for _, seg := range batch {
+			n += len(seg.rows)
+		}
+		one := step{rows: make([][]any, 0, n), shares: make([]share, 0, len(batch))}
 		for _, seg := range batch {
 			one.rows = append(one.rows, seg.rows...)
 			one.shares = append(one.shares, share{seg.ack, len(seg.rows)})
@@ -466,6 +470,8 @@ func (s *Sink) plan(t Table, batch []segment) []step {
 		}
 	}
 	if t.Order != nil {
+		// Stable: of two rows with one key, the one queued later stays
+		// later, and ReplacingMergeTree keeps the last of equal versions.
 		for _, st := range steps {
 			slices.SortStableFunc(st.rows, t.Order)
 		}
