@@ -215,9 +215,18 @@ func TestRowShapeChecked(t *testing.T) {
 // ClickHouse stops mid-stream and comes back: every acknowledged row is
 // there, and the writer recovered without a restart.
 func TestClickHouseRestartLosesNothingAcknowledged(t *testing.T) {
+	t.Run("serve", func(t *testing.T) { restartLosesNothing(t, sink.Options{}) })
+	// As a backfill writes: two inserts in flight, each batch one INSERT
+	// per month; an outage can fall between the months of one batch.
+	t.Run("backfill", func(t *testing.T) { restartLosesNothing(t, sink.Options{Inserts: 2, ByPartition: true}) })
+}
+
+func restartLosesNothing(t *testing.T, opts sink.Options) {
 	srv := chtest.Private(t)
 	conn := migrated(t, srv.DSN("outage"))
-	s := sink.New(conn, sink.Options{MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, InsertTimeout: 5 * time.Second})
+	opts.MinBackoff, opts.MaxBackoff, opts.InsertTimeout = 20*time.Millisecond, 200*time.Millisecond, 5*time.Second
+	s := sink.New(conn, opts)
+	month := time.Date(2025, 1, 15, 0, 0, 0, 0, time.UTC).Unix()
 
 	var mu sync.Mutex
 	var acked []string
@@ -233,7 +242,8 @@ func TestClickHouseRestartLosesNothingAcknowledged(t *testing.T) {
 			case <-time.After(2 * time.Millisecond):
 			}
 			id := fmt.Sprintf("cbtxn_%06d", i)
-			ack, err := s.TryWrite(row.StripeTxnTable, stripeRow(t, id, int64(i), time.Now()).Values())
+			created := month + int64(i%3)*31*86400 // three months
+			ack, err := s.TryWrite(row.StripeTxnTable, stripeRowAt(t, id, int64(i), created, time.Now()).Values())
 			if err != nil {
 				continue // refused: never acknowledged, the provider would retry
 			}
