@@ -547,7 +547,10 @@ func (s *Sink) commitStep(q *queue, st step) error {
 // instead of growing fresh ones to the whole batch's size, which on a VM where
 // a page fault is dear cost more CPU than the rest of the client's insert.
 // ClickHouse squashes the blocks of one INSERT back into one before it writes
-// parts, so the parts made are the same. See docs/benchmarks.md.
+// parts, so the parts made are the same. See docs/benchmarks.md. (If the
+// connection drops mid-INSERT, ClickHouse 18.16 writes the blocks it has
+// received; the retry sends them again, identical, and ReplacingMergeTree
+// keeps one.)
 const blockRows = 2048
 
 func (s *Sink) insert(q *queue, rows [][]any) error {
