@@ -52,10 +52,16 @@ func stripeRow(t testing.TB, id string, amount int64, observed time.Time) *row.S
 // stripeRowAt is stripeRow created at the Unix time created.
 func stripeRowAt(t testing.TB, id string, amount, created int64, observed time.Time) *row.StripeTxn {
 	t.Helper()
+	return stripeRowOf(t, row.Meta{Source: row.SourceBackfill, ObservedAt: observed}, id, "cus_1", amount, created)
+}
+
+// stripeRowOf is a transaction of customer, observed as m says.
+func stripeRowOf(t testing.TB, m row.Meta, id, customer string, amount, created int64) *row.StripeTxn {
+	t.Helper()
 	raw := fmt.Sprintf(`{"id":%q,"object":"customer_balance_transaction","amount":%d,"checkout_session":null,"created":%d,
-"credit_note":null,"currency":"usd","customer":"cus_1","customer_account":null,"description":null,"ending_balance":%d,
-"invoice":null,"livemode":false,"metadata":{},"type":"adjustment"}`, id, amount, created, amount)
-	r, err := row.NormalizeStripe([]byte(raw), row.Meta{Source: row.SourceBackfill, ObservedAt: observed})
+"credit_note":null,"currency":"usd","customer":%q,"customer_account":null,"description":null,"ending_balance":%d,
+"invoice":null,"livemode":false,"metadata":{},"type":"adjustment"}`, id, amount, created, customer, amount)
+	r, err := row.NormalizeStripe([]byte(raw), m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -786,14 +792,8 @@ func TestTableLayoutsMatchTheServer(t *testing.T) {
 	// queued in no order.
 	at := func(i, n int) int64 { return edge + int64(i*37%7200) }
 	stripe := func(i, n int, created int64) []any {
-		raw := fmt.Sprintf(`{"id":"cbtxn_%d","object":"customer_balance_transaction","amount":1,"checkout_session":null,
-"created":%d,"credit_note":null,"currency":"usd","customer":"cus_%d","customer_account":null,"description":null,
-"ending_balance":1,"invoice":null,"livemode":false,"metadata":{},"type":"adjustment"}`, (i*7919)%n, created, i%3)
-		r, err := row.NormalizeStripe([]byte(raw), row.Meta{AccountID: fmt.Sprintf("acct_%d", i%2), Source: row.SourceBackfill, ObservedAt: observed})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r.Values()
+		m := row.Meta{AccountID: fmt.Sprintf("acct_%d", i%2), Source: row.SourceBackfill, ObservedAt: observed}
+		return stripeRowOf(t, m, fmt.Sprintf("cbtxn_%d", (i*7919)%n), fmt.Sprintf("cus_%d", i%3), 1, created).Values()
 	}
 	orb := func(i, n int, created int64) []any {
 		raw := fmt.Sprintf(`{"id":"o-%d","action":"manual_adjustment","amount":"1","created_at":%q,"credit_note":null,
