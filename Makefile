@@ -1,5 +1,10 @@
 # syncd's developer and CI entry points: `make demo` shows the whole job,
 # `make test` runs every test against a real ClickHouse.
+#
+# SYNCD_TEST_CLICKHOUSE picks the ClickHouse that the tests, the demo and the
+# benchmarks start: `server` (default; the installed clickhouse-server, which
+# is 18.16.1 on Debian bookworm) or `chdb` (the ClickHouse 26.7 engine from
+# the npm package @chdb/lib-linux-x64-gnu, installed on first use).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -15,7 +20,7 @@ DEBIAN_CLICKHOUSE ?= /usr/sbin/clickhouse-server
 BENCHTIME ?= 1s
 FUZZTIME ?= 20s
 
-.PHONY: build test lint bench fuzz check-clickhouse demo
+.PHONY: build test test-sql lint bench fuzz check-clickhouse demo
 
 # Static, like the image (Dockerfile): CGO_ENABLED=0 on the build line only,
 # since the race detector in `make test` needs cgo.
@@ -43,6 +48,12 @@ bin/stripe-mock-$(STRIPE_MOCK_VERSION):
 
 test: check-clickhouse bin/helm-$(HELM_VERSION) bin/stripe-mock-$(STRIPE_MOCK_VERSION)
 	PATH=$(CURDIR)/bin/stripe-mock-$(STRIPE_MOCK_VERSION).d:$$PATH HELM=$(CURDIR)/bin/helm-$(HELM_VERSION) $(GO) test -race -count=1 -timeout 12m ./...
+
+# Every package whose tests talk SQL (they import chtest or chserver): CI's
+# second pass runs these on ClickHouse 26.7 (SYNCD_TEST_CLICKHOUSE=chdb).
+SQL_PACKAGES = $(shell $(GO) list -f '{{.ImportPath}} {{join .TestImports " "}} {{join .XTestImports " "}}' ./... | grep -E 'internal/(chtest|chserver)( |$$)' | cut -d' ' -f1)
+test-sql: check-clickhouse bin/stripe-mock-$(STRIPE_MOCK_VERSION)
+	PATH=$(CURDIR)/bin/stripe-mock-$(STRIPE_MOCK_VERSION).d:$$PATH $(GO) test -race -count=1 -timeout 12m $(SQL_PACKAGES)
 
 lint:
 	@unformatted=$$(gofmt -l .); \

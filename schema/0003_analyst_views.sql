@@ -22,6 +22,12 @@
 --   credit gained is +amount for increment and -amount for decrement, and the
 --   credit held after is ending_balance, as is.
 --
+-- Correction (2026-12): the ledger's join operands were first written without
+-- aliases, which ClickHouse 20.x and later refuse (code 206,
+-- joined_subquery_requires_alias), so this migration failed there. They are
+-- aliased now; the view means what it meant. Databases that applied the
+-- unaliased text get the aliased views from 0004_views_for_modern_clickhouse.
+--
 -- Superseded observations never show: every view reads the mirror tables
 -- through argMax(tuple(…), _version) per transaction. The tuple matters:
 -- argMax over a Nullable column skips NULLs on 18.16, so a description
@@ -98,8 +104,8 @@ FROM (
         FROM stripe_customer_balance_transactions
         GROUP BY account_id, customer, created, id
     )
-)
-ANY LEFT JOIN (SELECT currency, exponent, toUInt8(1) AS known FROM currency_exponents FINAL) USING currency
+) AS stripe_latest
+ANY LEFT JOIN (SELECT currency, exponent, toUInt8(1) AS known FROM currency_exponents FINAL) AS exponents USING currency
 UNION ALL
 SELECT
     'orb' AS provider,

@@ -1,7 +1,10 @@
 // Command chlocal runs a private ClickHouse server for local use (make demo):
 // it prints the server's DSN on stdout and stops the server on SIGTERM/SIGINT.
+// SYNCD_TEST_CLICKHOUSE=chdb runs the ClickHouse 26.7 engine instead of the
+// installed clickhouse-server; --install-chdb installs that engine.
 //
 //	go run ./cmd/chlocal --dir .tmp/clickhouse [--database syncd]
+//	go run ./cmd/chlocal --install-chdb
 package main
 
 import (
@@ -31,11 +34,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	dir := fs.String("dir", ".tmp/clickhouse", "directory for the server's config, data and logs (reused if it exists)")
 	database := fs.String("database", "syncd", "database named in the printed DSN (not created)")
+	install := fs.Bool("install-chdb", false, "install the ClickHouse 26.7 engine ("+chserver.ChDBPackage+") with npm and cc if it is missing, print its folder, and exit")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if *install {
+		dir, err := chserver.InstallChDB(ctx, os.Getenv, stderr)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, dir)
+		return nil
 	}
 
 	startCtx, cancel := context.WithTimeout(ctx, time.Minute)

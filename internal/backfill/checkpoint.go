@@ -63,11 +63,11 @@ func owedRefreshes(ctx context.Context, conn driver.Conn, window time.Duration) 
 			FROM stripe_events
 			WHERE customer != '' AND created >= now() - %d AND received_at >= now() - %d
 			GROUP BY account_id, customer
-		) ANY LEFT JOIN (
+		) AS received ANY LEFT JOIN (
 			SELECT account_id, customer, max(refreshed_through) AS through
 			FROM stripe_refreshes
 			GROUP BY account_id, customer
-		) USING (account_id, customer)
+		) AS refreshed USING (account_id, customer)
 		WHERE last_received > through`, 2*secs, secs))
 	if err != nil {
 		return nil, fmt.Errorf("find refreshes owed by acknowledged events: %w", err)

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -27,6 +28,9 @@ type Server struct {
 	// TCPPort (native protocol) and HTTPPort listen on 127.0.0.1. Zero means
 	// a free port is chosen by Start.
 	TCPPort, HTTPPort int
+	// Engine is the ClickHouse to run; empty means the one EnvEngine names
+	// in this process's environment (EngineServer when it is unset).
+	Engine Engine
 	// Detach lets the server outlive this process. Without it, on Linux, the
 	// server is killed when this process dies, so a crashed test binary
 	// leaves no orphan behind.
@@ -73,7 +77,21 @@ func (s *Server) Start(ctx context.Context) error {
 		return fmt.Errorf("clickhouse server: %w", err)
 	}
 	s.Dir = dir
-	bin, args, err := FindBinary()
+	if s.Engine == "" {
+		if s.Engine, err = EngineFromEnv(os.Getenv); err != nil {
+			return fmt.Errorf("clickhouse server: %w", err)
+		}
+	}
+	var bin string
+	var args []string
+	switch s.Engine {
+	case EngineServer:
+		bin, args, err = FindBinary()
+	case EngineChDB:
+		bin, err = findChDB(os.Getenv)
+	default:
+		err = fmt.Errorf("unknown engine %q", s.Engine)
+	}
 	if err != nil {
 		return err
 	}
@@ -103,19 +121,24 @@ func (s *Server) launch(ctx context.Context, bin string, args []string) error {
 			return fmt.Errorf("clickhouse server: %w", err)
 		}
 	}
-	config := filepath.Join(s.Dir, "config.xml")
-	if err := os.WriteFile(config, []byte(s.config()), 0o644); err != nil {
-		return fmt.Errorf("clickhouse server: write config: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(s.Dir, "users.xml"), []byte(usersConfig), 0o644); err != nil {
-		return fmt.Errorf("clickhouse server: write users config: %w", err)
+	if s.Engine == EngineChDB {
+		args = append(slices.Clip(args), s.chdbArgs()...)
+	} else {
+		config := filepath.Join(s.Dir, "config.xml")
+		if err := os.WriteFile(config, []byte(s.config()), 0o644); err != nil {
+			return fmt.Errorf("clickhouse server: write config: %w", err)
+		}
+		if err := os.WriteFile(filepath.Join(s.Dir, "users.xml"), []byte(usersConfig), 0o644); err != nil {
+			return fmt.Errorf("clickhouse server: write users config: %w", err)
+		}
+		args = append(slices.Clip(args), "--config-file="+config)
 	}
 	logf, err := os.OpenFile(filepath.Join(s.Dir, "log", "stderr.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("clickhouse server: %w", err)
 	}
 
-	cmd := exec.Command(bin, append(args, "--config-file="+config)...)
+	cmd := exec.Command(bin, args...)
 	cmd.Dir = s.Dir
 	cmd.Stdout = logf
 	cmd.Stderr = logf

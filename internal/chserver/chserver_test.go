@@ -57,8 +57,22 @@ func TestFindBinaryMissingSaysWhatToInstall(t *testing.T) {
 	}
 }
 
+// Both engines, whichever SYNCD_TEST_CLICKHOUSE names: the harness must
+// start, restart and stop each the same way.
 func TestStartQueryRestartStop(t *testing.T) {
-	if _, _, err := FindBinary(); err != nil {
+	for _, e := range []Engine{EngineServer, EngineChDB} {
+		t.Run(string(e), func(t *testing.T) { testStartQueryRestartStop(t, e) })
+	}
+}
+
+func testStartQueryRestartStop(t *testing.T, engine Engine) {
+	var err error
+	if engine == EngineServer {
+		_, _, err = FindBinary()
+	} else {
+		_, err = findChDB(os.Getenv)
+	}
+	if err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatal(err)
 		}
@@ -67,8 +81,8 @@ func TestStartQueryRestartStop(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	s, err := Start(ctx, dir)
-	if err != nil {
+	s := &Server{Dir: dir, Engine: engine}
+	if err := s.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Stop() })
@@ -97,8 +111,8 @@ func TestStartQueryRestartStop(t *testing.T) {
 	}
 
 	// Start again on the same directory: the data is still there.
-	s2, err := Start(ctx, dir)
-	if err != nil {
+	s2 := &Server{Dir: dir, Engine: engine}
+	if err := s2.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s2.Stop() })

@@ -16,6 +16,7 @@ import (
 	"github.com/syncd/syncd/internal/ledger"
 	"github.com/syncd/syncd/internal/orbemu"
 	"github.com/syncd/syncd/internal/row"
+	"github.com/syncd/syncd/internal/sink"
 	"github.com/syncd/syncd/internal/stripeemu"
 )
 
@@ -47,9 +48,35 @@ type world struct {
 	orows    map[string]*row.OrbTxn
 	entries  []ledger.Entry
 	syncedAt time.Time
+	inserts  []insert // every row, as writeTo sends them
 }
 
+// insert is rows for one table, sent in one write.
+type insert struct {
+	table sink.Table
+	rows  [][]any
+}
+
+// load builds a world and writes it into a fresh migrated database.
 func load(t *testing.T) *world {
+	t.Helper()
+	w := build(t)
+	w.conn = migrated(t)
+	w.writeTo(t, w.conn)
+	return w
+}
+
+// writeTo writes the world's rows, the same each time, into conn's database.
+func (w *world) writeTo(t *testing.T, conn driver.Conn) {
+	t.Helper()
+	for _, in := range w.inserts {
+		write(t, conn, in.table, in.rows...)
+	}
+}
+
+// build makes the world's rows, one emulator history per provider, without
+// writing them anywhere.
+func build(t *testing.T) *world {
 	t.Helper()
 	// Histories end now, so "today" and "last month" hold transactions.
 	end := time.Now().UTC().Truncate(time.Second)
@@ -62,7 +89,15 @@ func load(t *testing.T) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { se.Close(); oe.Close() })
-	w := &world{conn: migrated(t), stripe: se, orb: oe, srows: map[string]*row.StripeTxn{}, orows: map[string]*row.OrbTxn{},
+	// Seeded histories are sparse near their end: shortly after midnight
+	// UTC "today" may hold none, so the day-bounded queries get two of their
+	// own (adjustments, which raise no invoice or credit note), made now.
+	for _, c := range se.Customers()[:2] {
+		if _, err := se.AddTransactionAt(c.Account, c.ID, -100, "adjustment", end); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := &world{stripe: se, orb: oe, srows: map[string]*row.StripeTxn{}, orows: map[string]*row.OrbTxn{},
 		syncedAt: end.Add(-time.Minute)}
 	observed := end.Add(-time.Hour)
 	stale := observed.Add(-time.Hour)
@@ -103,17 +138,17 @@ func load(t *testing.T) *world {
 			staleorows = append(staleorows, old.Values())
 		}
 	}
-	write(t, w.conn, row.StripeTxnTable, srows...)
-	write(t, w.conn, row.StripeTxnTable, stalerows...)
-	write(t, w.conn, row.OrbTxnTable, orows...)
-	write(t, w.conn, row.OrbTxnTable, staleorows...)
+	w.inserts = []insert{
+		{row.StripeTxnTable, srows}, {row.StripeTxnTable, stalerows},
+		{row.OrbTxnTable, orows}, {row.OrbTxnTable, staleorows},
+	}
 	for _, r := range w.srows {
 		w.entries = append(w.entries, ledger.FromStripe(r))
 	}
 	for _, r := range w.orows {
 		w.entries = append(w.entries, ledger.FromOrb(r))
 	}
-	t.Logf("loaded %d Stripe and %d Orb transactions, %d + %d superseded observations",
+	t.Logf("built %d Stripe and %d Orb transactions, %d + %d superseded observations",
 		len(srows), len(orows), len(stalerows), len(staleorows))
 	return w
 }
@@ -373,23 +408,7 @@ func TestQueriesOnEmulatorData(t *testing.T) {
 		t.Fatalf("docs/queries.md has %d queries, want at least 10", len(queries))
 	}
 	w := load(t)
-
-	// The busiest Stripe customer of the connected account, for the history.
-	counts := map[string]int{}
-	for _, r := range w.srows {
-		if r.AccountID != "" {
-			counts[r.Customer]++
-		}
-	}
-	customer := ""
-	for _, c := range sortedKeys(counts) {
-		if counts[c] > counts[customer] {
-			customer = c
-		}
-	}
-	if counts[customer] < 3 {
-		t.Fatalf("busiest customer %q has %d transactions", customer, counts[customer])
-	}
+	customer := w.busiestCustomer(t)
 
 	for _, name := range sortedKeys(queries) {
 		t.Run(name, func(t *testing.T) {
@@ -436,24 +455,9 @@ func TestQueriesOnEmulatorData(t *testing.T) {
 	t.Run("grafana dashboard queries", func(t *testing.T) { checkDashboardQueries(t, w) })
 
 	t.Run("chain_breaks finds the breaks introduced", func(t *testing.T) {
-		// A newer observation of one Stripe transaction in the middle of a
-		// chain, its amount edited but not its ending_balance, and of one
-		// Orb transaction whose amount no longer explains its balances.
-		hist := w.stripe.TruthFor("acct_1LedgerTest", customer)
-		victim := *w.srows[hist[len(hist)/2].ID]
-		at := victim.ObservedAt.Add(time.Minute)
-		victim.Amount += 100
-		victim.ObservedAt, victim.Version = at, row.Version(at)
-		write(t, w.conn, row.StripeTxnTable, stripeRows(&victim)...)
-
-		var orbVictim row.OrbTxn
-		for _, id := range sortedKeys(w.orows) {
-			orbVictim = *w.orows[id]
-			break
-		}
-		orbVictim.Amount = orbVictim.Amount.Add(decimal.RequireFromString("0.5"))
-		orbVictim.ObservedAt, orbVictim.Version = at, row.Version(at)
-		write(t, w.conn, row.OrbTxnTable, orbRows(&orbVictim)...)
+		victim, orbVictim := w.chainBreaks(customer)
+		write(t, w.conn, row.StripeTxnTable, stripeRows(victim)...)
+		write(t, w.conn, row.OrbTxnTable, orbRows(orbVictim)...)
 
 		got := query(t, w.conn, queries["chain_breaks"])
 		var ids []string
@@ -468,6 +472,45 @@ func TestQueriesOnEmulatorData(t *testing.T) {
 			t.Errorf("chain_breaks:\n%s\nwant exactly %v", got, want)
 		}
 	})
+}
+
+// busiestCustomer is the Stripe customer of the connected account with the
+// most transactions: the one the history query reads.
+func (w *world) busiestCustomer(t *testing.T) string {
+	t.Helper()
+	counts := map[string]int{}
+	for _, r := range w.srows {
+		if r.AccountID != "" {
+			counts[r.Customer]++
+		}
+	}
+	customer := ""
+	for _, c := range sortedKeys(counts) {
+		if counts[c] > counts[customer] {
+			customer = c
+		}
+	}
+	if counts[customer] < 3 {
+		t.Fatalf("busiest customer %q has %d transactions", customer, counts[customer])
+	}
+	return customer
+}
+
+// chainBreaks returns two rows that break a chain of balances, not yet
+// written: a newer observation of one Stripe transaction in the middle of
+// customer's chain, its amount edited but not its ending_balance, and one of
+// an Orb transaction whose amount no longer explains its balances.
+func (w *world) chainBreaks(customer string) (*row.StripeTxn, *row.OrbTxn) {
+	hist := w.stripe.TruthFor("acct_1LedgerTest", customer)
+	victim := *w.srows[hist[len(hist)/2].ID]
+	at := victim.ObservedAt.Add(time.Minute)
+	victim.Amount += 100
+	victim.ObservedAt, victim.Version = at, row.Version(at)
+
+	orbVictim := *w.orows[sortedKeys(w.orows)[0]]
+	orbVictim.Amount = orbVictim.Amount.Add(decimal.RequireFromString("0.5"))
+	orbVictim.ObservedAt, orbVictim.Version = at, row.Version(at)
+	return &victim, &orbVictim
 }
 
 func checkFreshness(t *testing.T, w *world, got result, now time.Time) {

@@ -2,7 +2,9 @@ package sink
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -77,10 +79,8 @@ func Migrate(ctx context.Context, conn driver.Conn) ([]uint32, error) {
 		if applied[m.Version] {
 			continue
 		}
-		for i, stmt := range m.Statements {
-			if err := conn.Exec(ctx, stmt); err != nil {
-				return done, fmt.Errorf("migration %04d_%s statement %d: %w", m.Version, m.Name, i+1, err)
-			}
+		if err := apply(ctx, conn, m); err != nil {
+			return done, err
 		}
 		b, err := conn.PrepareBatch(ctx, "INSERT INTO schema_migrations (version, name, applied_at)")
 		if err != nil {
@@ -95,6 +95,42 @@ func Migrate(ctx context.Context, conn driver.Conn) ([]uint32, error) {
 		done = append(done, m.Version)
 	}
 	return done, nil
+}
+
+// Concurrent migrators can get in each other's way inside one idempotent
+// migration: one drops a view (0004 recreates them) just as the other
+// creates a view that reads it, and 18.16 checks a view's tables when it is
+// created. Such a failure names a table that is missing or already there; the
+// whole migration is then applied again, a few times, from its first
+// statement.
+const migrationAttempts = 5
+
+// raceCodes are the ClickHouse error codes a concurrent migrator can cause:
+// UNKNOWN_TABLE and TABLE_ALREADY_EXISTS.
+var raceCodes = []int32{60, 57}
+
+func apply(ctx context.Context, conn driver.Conn, m schema.Migration) error {
+	for attempt := 1; ; attempt++ {
+		err := applyOnce(ctx, conn, m)
+		var ex *clickhouse.Exception
+		if err == nil || attempt == migrationAttempts || !errors.As(err, &ex) || !slices.Contains(raceCodes, ex.Code) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(attempt) * 20 * time.Millisecond):
+		}
+	}
+}
+
+func applyOnce(ctx context.Context, conn driver.Conn, m schema.Migration) error {
+	for i, stmt := range m.Statements {
+		if err := conn.Exec(ctx, stmt); err != nil {
+			return fmt.Errorf("migration %04d_%s statement %d: %w", m.Version, m.Name, i+1, err)
+		}
+	}
+	return nil
 }
 
 func appliedVersions(ctx context.Context, conn driver.Conn) (map[uint32]bool, error) {
