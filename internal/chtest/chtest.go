@@ -114,12 +114,26 @@ func dsn(t testing.TB, getenv func(string) string, server func() (*chserver.Serv
 
 // Private starts a server of the test's own, for tests that stop or restart
 // it; it is stopped when the test ends. Same rule as DSN when none can be had.
+// Its engine is the one chserver.EnvEngine names.
 func Private(t testing.TB) *chserver.Server {
+	t.Helper()
+	return PrivateEngine(t, "")
+}
+
+// PrivateEngine is Private with the engine chosen by the test, whatever
+// chserver.EnvEngine says ("" means what it says): for tests that compare
+// engines. An engine that cannot be started skips the test, or fails it when
+// CI=true, as DSN does.
+func PrivateEngine(t testing.TB, engine chserver.Engine) *chserver.Server {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
-	s, err := chserver.Start(ctx, t.TempDir())
+	s := &chserver.Server{Dir: t.TempDir(), Engine: engine}
+	err := s.Start(ctx)
 	if err != nil {
+		if engine != "" {
+			err = fmt.Errorf("engine %s: %w", engine, err)
+		}
 		unavailable(t, os.Getenv, err)
 		return nil
 	}

@@ -128,3 +128,20 @@ func sum(t *testing.T, conn driver.Conn) uint64 {
 	}
 	return n
 }
+
+// PrivateEngine runs the engine the test names, not the one the
+// environment names.
+func TestPrivateEngineRunsTheEngineNamed(t *testing.T) {
+	t.Setenv(chserver.EnvEngine, string(chserver.EngineServer))
+	s := PrivateEngine(t, chserver.EngineChDB)
+	if s.Engine != chserver.EngineChDB {
+		t.Errorf("server engine %q, want %q", s.Engine, chserver.EngineChDB)
+	}
+	var v string
+	if err := Conn(t, s.DSN("default")).QueryRow(context.Background(), "SELECT version()").Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(v, "26.") {
+		t.Errorf("engine %s answers as ClickHouse %s, want 26.x", chserver.EngineChDB, v)
+	}
+}

@@ -87,6 +87,13 @@ func (r result) String() string {
 
 func query(t *testing.T, conn driver.Conn, sql string) result {
 	t.Helper()
+	r, _ := queryTypes(t, conn, sql)
+	return r
+}
+
+// queryTypes is query that also returns each column's ClickHouse type.
+func queryTypes(t *testing.T, conn driver.Conn, sql string) (result, []string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	rows, err := conn.Query(ctx, sql)
@@ -97,6 +104,10 @@ func query(t *testing.T, conn driver.Conn, sql string) result {
 	var out result
 	out.Columns = rows.Columns()
 	types := rows.ColumnTypes()
+	names := make([]string, len(types))
+	for i, ct := range types {
+		names[i] = ct.DatabaseTypeName()
+	}
 	for rows.Next() {
 		dst := make([]any, len(types))
 		for i, ct := range types {
@@ -114,7 +125,7 @@ func query(t *testing.T, conn driver.Conn, sql string) result {
 	if err := rows.Err(); err != nil {
 		t.Fatalf("%v\n%s", err, sql)
 	}
-	return out
+	return out, names
 }
 
 // cell renders a value the way the expectations write it.
