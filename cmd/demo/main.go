@@ -22,8 +22,10 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/shopspring/decimal"
 
 	"github.com/syncd/syncd/internal/chserver"
+	"github.com/syncd/syncd/internal/ledger"
 	"github.com/syncd/syncd/internal/sink"
 )
 
@@ -49,6 +51,7 @@ func main() {
 type demo struct {
 	dir, syncd, emulator string
 	customers            int
+	thin                 bool
 	stdout, log          io.Writer
 	dsn                  string
 	listen, admin        string
@@ -64,6 +67,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs.StringVar(&d.syncd, "syncd", "bin/syncd", "the syncd binary")
 	fs.StringVar(&d.emulator, "emulator", "bin/emulator", "the emulator binary")
 	fs.IntVar(&d.customers, "customers", 300, "generated customers per provider")
+	fs.BoolVar(&d.thin, "stripe-thin-events", false, "the Stripe emulator sends thin events (as a thin-event destination does) instead of snapshot events")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -114,14 +118,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	d.stripeURL, d.orbURL = fmt.Sprintf("http://127.0.0.1:%d", ports[2]), fmt.Sprintf("http://127.0.0.1:%d", ports[3])
 
 	// 2. The emulators, sending signed webhooks to syncd serve.
-	if err := d.startEmulator(ctx, "stripe", ports[2], "/webhooks/stripe", stripeSecret,
-		"--accounts", "platform,acct_1DemoConnected"); err != nil {
+	stripeArgs := []string{"--accounts", "platform,acct_1DemoConnected"}
+	format := "snapshot"
+	if d.thin {
+		stripeArgs, format = append(stripeArgs, "--thin-events"), "thin"
+	}
+	if err := d.startEmulator(ctx, "stripe", ports[2], "/webhooks/stripe", stripeSecret, stripeArgs...); err != nil {
 		return err
 	}
 	if err := d.startEmulator(ctx, "orb", ports[3], "/webhooks/orb", orbSecret); err != nil {
 		return err
 	}
-	d.step("emulators: Stripe at %s (platform + one Connect account), Orb at %s, %d customers each", d.stripeURL, d.orbURL, d.customers)
+	d.step("emulators: Stripe at %s (platform + one Connect account, %s events), Orb at %s, %d customers each",
+		d.stripeURL, format, d.orbURL, d.customers)
 
 	env := []string{
 		"SYNCD_CLICKHOUSE_DSN=" + d.dsn, "SYNCD_LOG_FORMAT=console",
@@ -311,20 +320,25 @@ func (d *demo) report(ctx context.Context, conn driver.Conn, verdicts map[string
 		return fmt.Errorf("query customer_balances: %w", err)
 	}
 	fmt.Fprintf(w, "\nfive largest customer credit balances in %s (customer_balances):\n", strings.ToUpper(currency))
-	rows, err := conn.Query(ctx, `SELECT provider, account_id, customer, currency, toString(credit_balance)
-		FROM customer_balances WHERE currency = ? ORDER BY credit_balance DESC LIMIT 5`, currency)
+	// The balance is read as a decimal and formatted here (money), the same
+	// on every ClickHouse: toString(Decimal) prints twelve decimals on 18.16
+	// and drops the trailing zeros on 26.x.
+	rows, err := conn.Query(ctx, `SELECT provider, account_id, customer, currency, credit_balance
+		FROM customer_balances WHERE currency = ?
+		ORDER BY credit_balance DESC, provider, account_id, customer LIMIT 5`, currency)
 	if err != nil {
 		return fmt.Errorf("query customer_balances: %w", err)
 	}
 	for rows.Next() {
-		var provider, account, customer, currency, balance string
+		var provider, account, customer, currency string
+		var balance decimal.Decimal
 		if err := rows.Scan(&provider, &account, &customer, &currency, &balance); err != nil {
 			return err
 		}
 		if account != "" {
 			customer = account + "/" + customer
 		}
-		fmt.Fprintf(w, "  %-7s %-40s %16s %s\n", provider, customer, balance, strings.ToUpper(currency))
+		fmt.Fprintf(w, "  %-7s %-40s %16s %s\n", provider, customer, money(balance, currency), strings.ToUpper(currency))
 	}
 	rows.Close()
 	fmt.Fprintf(w, "\nsyncd verify:\n")
@@ -333,6 +347,16 @@ func (d *demo) report(ctx context.Context, conn driver.Conn, verdicts map[string
 	}
 	fmt.Fprintf(w, "\ndone in %s; logs in %s\n", took.Round(100*time.Millisecond), filepath.Join(d.dir, "demo.log"))
 	return nil
+}
+
+// money renders d with the digits of currency's minor unit, and more when
+// d has more (Orb amounts may): 12.50, 1234 (JPY), 0.125 (KWD), 1.000001.
+func money(d decimal.Decimal, currency string) string {
+	places := ledger.Exponent(currency)
+	if s := d.String(); strings.Contains(s, ".") {
+		places = max(places, int32(len(s)-strings.Index(s, ".")-1))
+	}
+	return d.StringFixed(places)
 }
 
 func (d *demo) stopAll() {

@@ -42,6 +42,7 @@ type options struct {
 	rate500       float64
 	webhookURL    string
 	webhookSecret string
+	thinEvents    bool
 }
 
 // emulator is what the command needs from a provider's emulator.
@@ -77,6 +78,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs.Float64Var(&o.rate429, "rate-429", 0, "fraction of API requests answered 429")
 	fs.Float64Var(&o.rate500, "rate-500", 0, "fraction of API requests answered 500")
 	fs.StringVar(&o.webhookURL, "webhook-url", "", "where mutations POST signed webhooks; empty sends none")
+	fs.BoolVar(&o.thinEvents, "thin-events", false, "stripe: POST thin events (v2.core.event notifications) instead of snapshot events")
 	fs.StringVar(&o.webhookSecret, "webhook-secret", getenv("EMULATOR_WEBHOOK_SECRET"),
 		"signing secret (whsec_…); default $EMULATOR_WEBHOOK_SECRET")
 	if err := fs.Parse(args); err != nil {

@@ -16,7 +16,7 @@ func newStripe(o options, mux *http.ServeMux) (emulator, error) {
 	emu, err := stripeemu.New(stripeemu.Config{
 		Seed: o.seed, Customers: o.customers, Accounts: o.accounts, HeavyCustomers: o.heavy,
 		End: o.end, Livemode: o.livemode, Latency: o.latency, Rate429: o.rate429, Rate500: o.rate500,
-		WebhookURL: o.webhookURL, WebhookSecret: o.webhookSecret,
+		WebhookURL: o.webhookURL, WebhookSecret: o.webhookSecret, ThinEvents: o.thinEvents,
 	})
 	if err != nil {
 		return nil, err

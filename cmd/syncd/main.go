@@ -119,7 +119,9 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-9s %s\n", n, commands[n].summary)
 	}
 	fmt.Fprintf(w, "  %-9s %s\n", "version", "print version, commit and Go version")
-	fmt.Fprintln(w, "\nEvery flag has an environment variable: --clickhouse-dsn is SYNCD_CLICKHOUSE_DSN.")
+	fmt.Fprintln(w, "\nEvery flag has an environment variable: --clickhouse-dsn is SYNCD_CLICKHOUSE_DSN;")
+	fmt.Fprintln(w, "a flag wins over its variable. A secret and its -file form (--clickhouse-dsn-file)")
+	fmt.Fprintln(w, "given together, as flags or variables, are a usage error (exit 2).")
 }
 
 func newLogger(cfg *config.Config, stderr io.Writer) (*zap.Logger, error) {

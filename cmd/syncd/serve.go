@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,12 +18,19 @@ import (
 	"github.com/syncd/syncd/internal/backfill"
 	"github.com/syncd/syncd/internal/config"
 	"github.com/syncd/syncd/internal/metrics"
+	"github.com/syncd/syncd/internal/row"
 	"github.com/syncd/syncd/internal/sink"
 	"github.com/syncd/syncd/internal/webhook"
 )
 
+// intake is what the Stripe route tells about durable trigger events.
+type intake interface {
+	webhook.Dirtier
+	webhook.RelatedResolver
+}
+
 // webhookRoutes is the public listener's route table.
-func webhookRoutes(cfg *config.Config, common webhook.Common, dirty webhook.Dirtier) http.Handler {
+func webhookRoutes(cfg *config.Config, common webhook.Common, dirty intake) http.Handler {
 	mux := http.NewServeMux()
 	if len(cfg.StripeWebhookSecrets) > 0 {
 		mux.Handle("/webhooks/stripe", webhook.Stripe(webhook.StripeOptions{
@@ -31,6 +39,7 @@ func webhookRoutes(cfg *config.Config, common webhook.Common, dirty webhook.Dirt
 			Tolerance:    cfg.WebhookTolerance,
 			TriggerTypes: backfill.TriggerTypes,
 			Dirty:        dirty,
+			Related:      dirty,
 		}))
 	}
 	if len(cfg.OrbWebhookSecrets) > 0 {
@@ -43,20 +52,60 @@ func webhookRoutes(cfg *config.Config, common webhook.Common, dirty webhook.Dirt
 	return mux
 }
 
-// adminRoutes is the admin listener's route table; pprof is served here only.
-func adminRoutes(m *metrics.Metrics, ready *readiness) http.Handler {
+// adminRoutes is the admin listener's route table; pprof is served here
+// only, and only with --pprof: /debug/pprof/cmdline shows the command line,
+// secrets given as flags included.
+func adminRoutes(m *metrics.Metrics, ready *readiness, withPprof bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.Handle("GET /readyz", ready)
 	mux.Handle("GET /metrics", m.Handler())
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	if withPprof {
+		p := http.NewServeMux()
+		p.HandleFunc("/debug/pprof/", pprof.Index)
+		p.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		p.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		p.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		p.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mux.Handle("/debug/pprof/", boundProfiles(p))
+	}
 	return mux
+}
+
+// maxProfile is the longest CPU profile, trace or delta profile the admin
+// port takes (?seconds=).
+const maxProfile = time.Minute
+
+// boundProfiles answers 400 to a profile asked for longer than maxProfile.
+// The server's WriteTimeout does not bound one: net/http/pprof extends the
+// connection's write deadline by the seconds asked for.
+func boundProfiles(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/debug/pprof/symbol" { // its POST body is not a form
+			if v := r.FormValue("seconds"); v != "" {
+				if sec, err := strconv.ParseFloat(v, 64); err == nil && !(sec <= maxProfile.Seconds()) {
+					http.Error(w, fmt.Sprintf("seconds=%s: at most %.0f on this server", v, maxProfile.Seconds()), http.StatusBadRequest)
+					return
+				}
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// adminServer serves the admin routes. WriteTimeout bounds every answer;
+// net/http/pprof adds a profile's seconds (at most maxProfile) to it.
+func adminServer(cfg *config.Config, m *metrics.Metrics, ready *readiness, log *zap.Logger) *http.Server {
+	return &http.Server{
+		Handler:           adminRoutes(m, ready, cfg.Pprof),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          zap.NewStdLog(log.Named("admin")),
+	}
 }
 
 // runServe receives webhooks until ctx ends, then drains: it stops
@@ -98,15 +147,12 @@ func runServe(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) e
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          zap.NewStdLog(log.Named("http")),
 	}
-	admin := &http.Server{
-		Handler:           adminRoutes(m, ready),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          zap.NewStdLog(log.Named("admin")),
-	}
+	admin := adminServer(cfg, m, ready, log)
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- web.Serve(webLn) }()
 	go func() { serveErr <- admin.Serve(adminLn) }()
-	log.Info("serving", zap.String("listen", webLn.Addr().String()), zap.String("admin_listen", adminLn.Addr().String()))
+	log.Info("serving", zap.String("listen", webLn.Addr().String()), zap.String("admin_listen", adminLn.Addr().String()),
+		zap.Bool("pprof", cfg.Pprof))
 
 	// ClickHouse may be down at start: keep trying rather than crash, and
 	// answer 503 (readiness false) meanwhile.
@@ -315,10 +361,16 @@ func (bg background) TryWrite(t sink.Table, rows ...[]any) (*sink.Ack, error) {
 	return b.background.TryWrite(t, rows...)
 }
 
-func (s *store) MarkDirty(account, customer string) {
+func (s *store) MarkDirty(account, customer, eventID string) {
 	// A write committed, so the backend exists.
 	if b := s.b.Load(); b != nil && b.refresher != nil {
-		b.refresher.MarkDirty(account, customer)
+		b.refresher.MarkDirty(account, customer, eventID)
+	}
+}
+
+func (s *store) MarkRelated(ev row.StripeEvent, objectType, id string) {
+	if b := s.b.Load(); b != nil && b.refresher != nil {
+		b.refresher.MarkRelated(ev, objectType, id)
 	}
 }
 

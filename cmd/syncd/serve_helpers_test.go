@@ -125,10 +125,16 @@ func serveArgs(dsn string, extra ...string) []string {
 // fails the test when it does not drain and return nil.
 func serveInProcess(t *testing.T, args []string) *instance {
 	t.Helper()
+	return serveInProcessEnv(t, args, func(string) string { return "" })
+}
+
+// serveInProcessEnv is serveInProcess with the environment getenv.
+func serveInProcessEnv(t *testing.T, args []string, getenv func(string) string) *instance {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	in := &instance{logs: &logs{}}
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, args, func(string) string { return "" }, io.Discard, in.logs) }()
+	go func() { done <- run(ctx, args, getenv, io.Discard, in.logs) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -258,16 +264,38 @@ func emulator(t *testing.T, cfg stripeemu.Config, wrap func(http.Handler) http.H
 	return e, srv.URL
 }
 
+// eachFormat runs test with the emulator's events as Stripe sends them to
+// an endpoint of each payload format: snapshot events, and thin events.
+func eachFormat(t *testing.T, test func(t *testing.T, format func([]stripeemu.Event) []stripeemu.Event)) {
+	t.Run("snapshot", func(t *testing.T) { test(t, func(evs []stripeemu.Event) []stripeemu.Event { return evs }) })
+	t.Run("thin", func(t *testing.T) {
+		test(t, func(evs []stripeemu.Event) []stripeemu.Event {
+			out := make([]stripeemu.Event, len(evs))
+			for i, ev := range evs {
+				out[i] = ev.AsThin()
+			}
+			return out
+		})
+	})
+}
+
 // mutate adds one transaction to each customer and returns the events the
 // emulator recorded for it.
 func mutate(t *testing.T, e *stripeemu.Emulator, customers []stripeemu.Customer, amount int64) []stripeemu.Event {
+	t.Helper()
+	return mutateWith(t, e, customers, amount, "adjustment")
+}
+
+// mutateWith is mutate with transactions of type typ: an invoice-backed
+// type, say, adds the invoice's event to customer.updated.
+func mutateWith(t *testing.T, e *stripeemu.Emulator, customers []stripeemu.Customer, amount int64, typ string) []stripeemu.Event {
 	t.Helper()
 	seen := map[string]bool{}
 	for _, ev := range e.Events() {
 		seen[ev.ID] = true
 	}
 	for _, c := range customers {
-		if _, err := e.AddTransaction(c.Account, c.ID, amount, "adjustment"); err != nil {
+		if _, err := e.AddTransaction(c.Account, c.ID, amount, typ); err != nil {
 			t.Fatal(err)
 		}
 	}

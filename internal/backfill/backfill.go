@@ -514,7 +514,7 @@ func (r *runner) work(jobs <-chan job, out chan<- readDone) {
 		if r.ctx.Err() != nil {
 			continue
 		}
-		res, err := readCustomer(r.ctx, r.src, r.o.Sink, r.o.Logger, j.acct.id, j.customer, j.since, row.SourceBackfill)
+		res, err := readCustomer(r.ctx, r.src, r.o.Sink, r.o.Logger, j.acct.id, j.customer, j.since, row.SourceBackfill, nil)
 		if NotFound(err) && j.acct.run == nil {
 			// A chosen customer that is not in this account (or was deleted).
 			r.o.Logger.Info("customer not found in account; skipped", zap.String("account", j.acct.id), zap.String("customer", j.customer))

@@ -53,13 +53,17 @@ func cursors(ctx context.Context, conn driver.Conn, provider, account string, cu
 	return out, rows.Err()
 }
 
+// owedRefresh is a refresh that acknowledged events still owe, and the newest of
+// those events.
+type owedRefresh struct{ account, customer, eventID string }
+
 // owedRefreshes returns the (account, customer) pairs named by trigger
 // events received in the last window whose newest event arrived after the
 // customer's last recorded refresh (or that were never refreshed).
-func owedRefreshes(ctx context.Context, conn driver.Conn, window time.Duration) ([][2]string, error) {
+func owedRefreshes(ctx context.Context, conn driver.Conn, window time.Duration) ([]owedRefresh, error) {
 	secs := int64(window / time.Second)
-	rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT account_id, customer FROM (
-			SELECT account_id, customer, max(received_at) AS last_received
+	rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT account_id, customer, last_event FROM (
+			SELECT account_id, customer, max(received_at) AS last_received, argMax(id, (received_at, id)) AS last_event
 			FROM stripe_events
 			WHERE customer != '' AND created >= now() - %d AND received_at >= now() - %d
 			GROUP BY account_id, customer
@@ -73,13 +77,13 @@ func owedRefreshes(ctx context.Context, conn driver.Conn, window time.Duration) 
 		return nil, fmt.Errorf("find refreshes owed by acknowledged events: %w", err)
 	}
 	defer rows.Close()
-	var out [][2]string
+	var out []owedRefresh
 	for rows.Next() {
-		var a, c string
-		if err := rows.Scan(&a, &c); err != nil {
+		var o owedRefresh
+		if err := rows.Scan(&o.account, &o.customer, &o.eventID); err != nil {
 			return nil, fmt.Errorf("find refreshes owed by acknowledged events: %w", err)
 		}
-		out = append(out, [2]string{a, c})
+		out = append(out, o)
 	}
 	return out, rows.Err()
 }

@@ -34,15 +34,17 @@ func (r *readResult) wait(ctx context.Context) error {
 // "") and queues them in sk. A cursor the API no longer knows falls back to
 // a full read. Objects the normaliser refuses are logged and counted, never
 // written.
+// eventID, when set, is the event a refresh answers, written as each row's
+// _event_id.
 func readCustomer(ctx context.Context, src Lister, sk *sink.Sink, log *zap.Logger,
-	account, customer, sinceID, source string) (*readResult, error) {
+	account, customer, sinceID, source string, eventID *string) (*readResult, error) {
 	res := &readResult{}
 	table := src.Table()
 	fn := func(p Page) error {
 		rows := make([][]any, 0, len(p.Items))
 		for _, raw := range p.Items {
 			vals, err := src.Row(raw, row.Meta{AccountID: account, CustomerID: customer, Source: source, ObservedAt: p.ObservedAt,
-				RawStable: true})
+				RawStable: true, EventID: eventID})
 			if err != nil {
 				res.malformed++
 				log.Error("source object refused by the normaliser; not written",

@@ -47,17 +47,25 @@ type Refresher struct {
 	running int
 	cursors map[refreshKey]string // newest id held, once read or written
 	wake    chan struct{}
+
+	// Thin events' related objects whose customer is to be read, with the
+	// events that referred to each (MarkRelated).
+	related         map[relatedKey][]row.StripeEvent
+	relatedReady    []relatedKey
+	relatedFailures map[relatedKey]int
 }
 
 type refreshKey struct{ account, customer string }
 
 type dirty struct {
-	since      time.Time // the oldest mark this entry's next completion covers
-	running    bool
-	queued     bool // in ready
-	again      bool // marked while running: refresh once more
-	againSince time.Time
-	failures   int
+	since        time.Time // the oldest mark this entry's next completion covers
+	eventID      string    // the newest mark's event: the rows' _event_id
+	running      bool
+	queued       bool // in ready
+	again        bool // marked while running: refresh once more
+	againSince   time.Time
+	againEventID string
+	failures     int
 }
 
 // NewRefresher returns a Refresher; Run starts it.
@@ -89,13 +97,18 @@ func NewRefresher(o RefresherOptions) *Refresher {
 		entries: map[refreshKey]*dirty{},
 		cursors: map[refreshKey]string{},
 		wake:    make(chan struct{}, 1),
+
+		related:         map[relatedKey][]row.StripeEvent{},
+		relatedFailures: map[relatedKey]int{},
 	}
 }
 
 // MarkDirty asks for customer of account ("" for the platform) to be
-// refreshed. It never blocks; marks for a customer already queued coalesce,
-// and a mark during its refresh causes exactly one more.
-func (r *Refresher) MarkDirty(account, customer string) {
+// refreshed because of event eventID ("" when none), which the rows the
+// refresh writes name as their _event_id. It never blocks; marks for a
+// customer already queued coalesce (the newest event's id is kept), and a
+// mark during its refresh causes exactly one more.
+func (r *Refresher) MarkDirty(account, customer, eventID string) {
 	if customer == "" {
 		return
 	}
@@ -106,11 +119,15 @@ func (r *Refresher) MarkDirty(account, customer string) {
 	e := r.entries[k]
 	switch {
 	case e == nil:
-		r.entries[k] = &dirty{since: now, queued: true}
+		r.entries[k] = &dirty{since: now, eventID: eventID, queued: true}
 		r.ready = append(r.ready, k)
 		r.signal()
 	case e.running && !e.again:
-		e.again, e.againSince = true, now
+		e.again, e.againSince, e.againEventID = true, now, eventID
+	case e.running:
+		e.againEventID = eventID
+	default:
+		e.eventID = eventID
 	}
 	r.gauges()
 }
@@ -119,7 +136,7 @@ func (r *Refresher) MarkDirty(account, customer string) {
 func (r *Refresher) Idle() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return len(r.entries) == 0
+	return len(r.entries) == 0 && len(r.related) == 0
 }
 
 func (r *Refresher) signal() {
@@ -131,7 +148,7 @@ func (r *Refresher) signal() {
 
 // gauges updates the queue depth and lag; r.mu is held.
 func (r *Refresher) gauges() {
-	r.o.Metrics.RefreshQueue.Set(float64(len(r.entries) - r.running))
+	r.o.Metrics.RefreshQueue.Set(float64(len(r.entries) - r.running + len(r.relatedReady)))
 	var oldest time.Time
 	for _, e := range r.entries {
 		if oldest.IsZero() || e.since.Before(oldest) {
@@ -162,11 +179,15 @@ func (r *Refresher) Run(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			for {
-				k, ok := r.next(ctx)
-				if !ok {
+				k, rk, ok := r.next(ctx)
+				switch {
+				case !ok:
 					return
+				case rk != nil:
+					r.resolved(*rk, r.resolve(work, *rk))
+				default:
+					r.finish(k, r.refresh(work, k))
 				}
-				r.finish(k, r.refresh(work, k))
 			}
 		}()
 	}
@@ -190,17 +211,30 @@ func (r *Refresher) Run(ctx context.Context) error {
 	}
 }
 
-// recoverOwed marks dirty what acknowledged events still owe, retrying
-// while ClickHouse is unreachable.
+// recoverOwed marks dirty what acknowledged events still owe, and queues
+// the related objects of thin events whose customer is still unknown,
+// retrying while ClickHouse is unreachable.
 func (r *Refresher) recoverOwed(ctx context.Context) {
 	for n := 1; ; n++ {
 		owed, err := owedRefreshes(ctx, r.o.Conn, r.o.OwedWindow)
+		var thin []row.StripeEvent
+		if err == nil {
+			thin, err = unresolvedThinEvents(ctx, r.o.Conn, r.o.OwedWindow, TriggerTypes)
+		}
 		if err == nil {
 			for _, k := range owed {
-				r.MarkDirty(k[0], k[1])
+				r.MarkDirty(k.account, k.customer, k.eventID)
 			}
-			if len(owed) > 0 {
-				r.o.Logger.Info("refreshes owed by acknowledged events queued", zap.Int("customers", len(owed)))
+			queued := 0
+			for _, ev := range thin {
+				if typ, id, ok := thinRelated(ev.Payload); ok {
+					r.MarkRelated(ev, typ, id)
+					queued++
+				}
+			}
+			if len(owed) > 0 || queued > 0 {
+				r.o.Logger.Info("refreshes owed by acknowledged events queued", zap.Int("customers", len(owed)),
+					zap.Int("thin_events_to_resolve", queued))
 			}
 			return
 		}
@@ -217,13 +251,23 @@ func (r *Refresher) recoverOwed(ctx context.Context) {
 	}
 }
 
-// next waits for a customer to refresh, or for ctx to end.
-func (r *Refresher) next(ctx context.Context) (refreshKey, bool) {
+// next waits for a customer to refresh or a related object to read (rk
+// non-nil; first, since each leads to a refresh), or for ctx to end.
+func (r *Refresher) next(ctx context.Context) (k refreshKey, rk *relatedKey, ok bool) {
 	for {
 		if ctx.Err() != nil {
-			return refreshKey{}, false
+			return refreshKey{}, nil, false
 		}
 		r.mu.Lock()
+		if len(r.relatedReady) > 0 {
+			rk := r.relatedReady[0]
+			r.relatedReady = r.relatedReady[1:]
+			if len(r.relatedReady) > 0 || len(r.ready) > 0 {
+				r.signal()
+			}
+			r.mu.Unlock()
+			return refreshKey{}, &rk, true
+		}
 		if len(r.ready) > 0 {
 			k := r.ready[0]
 			r.ready[0] = refreshKey{}
@@ -236,15 +280,36 @@ func (r *Refresher) next(ctx context.Context) (refreshKey, bool) {
 			}
 			r.gauges()
 			r.mu.Unlock()
-			return k, true
+			return k, nil, true
 		}
 		r.mu.Unlock()
 		select {
 		case <-r.wake:
 		case <-ctx.Done():
-			return refreshKey{}, false
+			return refreshKey{}, nil, false
 		}
 	}
+}
+
+// resolved records the outcome of reading k's customer: a failure is
+// retried after a backoff, like a failed refresh.
+func (r *Refresher) resolved(k relatedKey, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err == nil {
+		delete(r.relatedFailures, k)
+		return
+	}
+	r.relatedFailures[k]++
+	wait := r.retry.delay(r.relatedFailures[k])
+	r.o.Logger.Warn("reading a thin event's related object failed; will retry", zap.String("account", k.account),
+		zap.String("object_type", k.objectType), zap.String("object", k.id), zap.Duration("retry_in", wait), zap.Error(err))
+	time.AfterFunc(wait, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.relatedReady = append(r.relatedReady, k)
+		r.signal()
+	})
 }
 
 // finish records the outcome of k's refresh: done, once more, or retry.
@@ -273,7 +338,7 @@ func (r *Refresher) finish(k refreshKey, err error) {
 	}
 	e.failures = 0
 	if e.again {
-		e.again, e.since = false, e.againSince
+		e.again, e.since, e.eventID = false, e.againSince, e.againEventID
 		e.queued = true
 		r.ready = append(r.ready, k)
 		r.signal()
@@ -292,6 +357,10 @@ func (r *Refresher) refresh(ctx context.Context, k refreshKey) error {
 
 	r.mu.Lock()
 	since, known := r.cursors[k]
+	var eventID *string
+	if id := r.entries[k].eventID; id != "" {
+		eventID = &id
+	}
 	r.mu.Unlock()
 	if !known {
 		cs, err := cursors(ctx, r.o.Conn, "stripe", k.account, []string{k.customer})
@@ -301,7 +370,7 @@ func (r *Refresher) refresh(ctx context.Context, k refreshKey) error {
 		since = cs[k.customer]
 	}
 	log := r.o.Logger
-	res, err := readCustomer(ctx, r.o.Source, r.o.Sink, log, k.account, k.customer, since, row.SourceRefresh)
+	res, err := readCustomer(ctx, r.o.Source, r.o.Sink, log, k.account, k.customer, since, row.SourceRefresh, eventID)
 	if NotFound(err) {
 		// A deleted customer has no transactions to read: done.
 		log.Info("customer not found; nothing to refresh", zap.String("account", k.account), zap.String("customer", k.customer))

@@ -42,8 +42,8 @@ func TestRefreshCoalescesBurstsAndConverges(t *testing.T) {
 	heavy := customersWith(emu, "", 250)[0]
 	conn := customersWith(emu, "acct_1Conn", 1)[0]
 	for range 50 {
-		r.MarkDirty("", heavy.ID)
-		r.MarkDirty("acct_1Conn", conn.ID)
+		r.MarkDirty("", heavy.ID, "")
+		r.MarkDirty("acct_1Conn", conn.ID, "")
 	}
 	waitFor(t, 20*time.Second, "the refresher to go idle", r.Idle)
 	// 250 transactions are three pages; a burst of 50 marks costs one or two reads of them.
@@ -60,7 +60,7 @@ func TestRefreshCoalescesBurstsAndConverges(t *testing.T) {
 		}
 	}
 	for range 50 {
-		r.MarkDirty("", heavy.ID)
+		r.MarkDirty("", heavy.ID, "")
 	}
 	waitFor(t, 20*time.Second, "the refresher to go idle", r.Idle)
 	if n := emu.CustomerListCalls("", heavy.ID); n < 1 || n > 2 {
@@ -83,7 +83,7 @@ func TestRefreshRetriesThroughFaults(t *testing.T) {
 	emu, url := newEmulator(t, stripeemu.Config{Seed: 8, Customers: 20, Rate429: 0.3, Rate500: 0.2})
 	r, _ := startRefresher(t, w, newSource(t, url, w.m, 0))
 	for _, c := range emu.Customers() {
-		r.MarkDirty("", c.ID)
+		r.MarkDirty("", c.ID, "")
 	}
 	waitFor(t, 30*time.Second, "the refresher to go idle", r.Idle)
 	assertMirrors(t, w.conn, emu.Truth())
@@ -133,14 +133,32 @@ func TestRefreshRecoversWhatAcknowledgedEventsOwe(t *testing.T) {
 		t.Errorf("a customer refreshed after its last event was read %d times at start-up", n)
 	}
 	assertMirrors(t, w.conn, append(emu.TruthFor("", owed.ID), emu.TruthFor("acct_1Conn", owedConn.ID)...))
+	// The rows name the event that owed the refresh.
+	for _, c := range []stripeemu.Customer{owed, owedConn} {
+		var n uint64
+		if err := w.conn.QueryRow(ctx, "SELECT count() FROM stripe_customer_balance_transactions FINAL WHERE customer = ? AND (_event_id IS NULL OR _event_id != ?)",
+			c.ID, "evt_"+c.ID).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != 0 {
+			t.Errorf("%d rows of %s do not name evt_%s as _event_id", n, c.ID, c.ID)
+		}
+	}
 	stop()
 
 	// A second start owes nothing more.
+	assertRestartOwesNothing(t, w, emu, url)
+}
+
+// assertRestartOwesNothing starts another refresher over w: with nothing
+// owed, it sends no request.
+func assertRestartOwesNothing(t *testing.T, w *warehouse, emu *stripeemu.Emulator, url string) {
+	t.Helper()
 	emu.ResetCounters()
-	r, _ = startRefresher(t, w, newSource(t, url, w.m, 0))
+	r, _ := startRefresher(t, w, newSource(t, url, w.m, 0))
 	time.Sleep(300 * time.Millisecond)
 	waitFor(t, 5*time.Second, "idle", r.Idle)
 	if n := emu.Requests().Total; n != 0 {
-		t.Errorf("restart after completed refreshes sent %d requests; want 0", n)
+		t.Errorf("a restart with nothing owed sent %d requests; want 0", n)
 	}
 }

@@ -27,6 +27,10 @@ type Config struct {
 	WebhookTolerance time.Duration
 	ShutdownTimeout  time.Duration
 	RefreshWorkers   int
+	// Pprof serves /debug/pprof/ on the admin listener. Off by default:
+	// /debug/pprof/cmdline shows the command line, secrets given as flags
+	// included.
+	Pprof bool
 
 	StripeAPIKey         string
 	StripeAPIURL         string
@@ -92,29 +96,52 @@ func (e *UsageError) Unwrap() error { return e.Err }
 // ErrHelp is returned when --help was asked for; usage has been printed.
 var ErrHelp = flag.ErrHelp
 
+// precedenceHelp ends every command's --help.
+const precedenceHelp = `
+Every flag can be set by an environment variable instead: --stripe-api-key
+is SYNCD_STRIPE_API_KEY (SYNCD_ and the name in upper snake case). A flag on
+the command line wins over its variable, which is then not read.
+A secret --NAME can be read from a file instead, --NAME-file (or
+SYNCD_NAME_FILE). Giving both a secret and its file, as flags or variables in
+any mix, is a usage error (exit 2): syncd does not guess which one you meant.
+`
+
 // Parse fills a Config for command from args, then the environment (getenv),
-// then the defaults, in that order of precedence. now anchors relative
-// --since durations.
+// then the defaults, in that order of precedence; a secret and its -file
+// form given together are a UsageError. now anchors relative --since
+// durations.
 func Parse(command string, args []string, getenv func(string) string, stderr io.Writer, now time.Time) (*Config, error) {
 	c := &Config{Command: command}
 	fs := flag.NewFlagSet("syncd "+command, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: syncd %s [flags]\n\n", command)
+		fs.PrintDefaults()
+		fmt.Fprint(stderr, precedenceHelp)
+	}
 
-	secrets := map[string]*string{}
-	secretFile := func(name string) {
+	// secrets are the settings that may come from a file, in the order
+	// their conflicts are reported.
+	type secret struct {
+		name string
+		path *string
+		set  func(string)
+	}
+	var secrets []secret
+	secretFile := func(name string, set func(string)) {
 		f := new(string)
-		fs.StringVar(f, name+"-file", "", "read --"+name+" from this file (for secrets mounted from Kubernetes)")
-		secrets[name] = f
+		fs.StringVar(f, name+"-file", "", "read --"+name+" from this file (for secrets mounted from Kubernetes); not together with --"+name)
+		secrets = append(secrets, secret{name, f, set})
 	}
 
 	fs.StringVar(&c.ClickHouseDSN, "clickhouse-dsn", "clickhouse://127.0.0.1:9000/syncd", "clickhouse-go v2 DSN; the path is the database")
-	secretFile("clickhouse-dsn")
+	secretFile("clickhouse-dsn", func(v string) { c.ClickHouseDSN = v })
 	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or console")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 
 	sourceFlags := func() {
 		fs.StringVar(&c.StripeAPIKey, "stripe-api-key", "", "Stripe secret or restricted key (sk_live_, sk_test_, rk_…)")
-		secretFile("stripe-api-key")
+		secretFile("stripe-api-key", func(v string) { c.StripeAPIKey = v })
 		fs.StringVar(&c.StripeAPIURL, "stripe-api-url", "https://api.stripe.com", "Stripe API base URL")
 		fs.Func("stripe-accounts", "Connect: comma-separated acct_… ids, or all; empty = the key's own account", func(v string) error {
 			c.StripeAccounts, c.StripeAllAccounts = nil, false
@@ -131,7 +158,7 @@ func Parse(command string, args []string, getenv func(string) string, stderr io.
 			return nil
 		})
 		fs.StringVar(&c.OrbAPIKey, "orb-api-key", "", "Orb API key; the Orb source is off without a key or webhook secret")
-		secretFile("orb-api-key")
+		secretFile("orb-api-key", func(v string) { c.OrbAPIKey = v })
 		fs.StringVar(&c.OrbAPIURL, "orb-api-url", "https://api.withorb.com", "Orb API base URL")
 		fs.Float64Var(&c.RateLimit, "rate-limit", 0, "requests per second to a source API, shared by every worker (default 80 for Stripe live keys, 20 for test keys, 40 for Orb)")
 	}
@@ -154,11 +181,12 @@ func Parse(command string, args []string, getenv func(string) string, stderr io.
 		sourceFlags()
 		sinkFlags(ServeBatchRows, 0)
 		fs.StringVar(&c.Listen, "listen", ":8080", "webhook HTTP listener")
-		fs.StringVar(&c.AdminListen, "admin-listen", ":9090", "admin listener: /metrics, /healthz, /readyz, /debug/pprof/")
+		fs.StringVar(&c.AdminListen, "admin-listen", ":9090", "admin listener: /metrics, /healthz, /readyz, and /debug/pprof/ with --pprof; bind it to loopback or the pod network, never a public ingress")
+		fs.BoolVar(&c.Pprof, "pprof", false, "serve /debug/pprof/ on the admin listener (off by default: /debug/pprof/cmdline shows the command line, secrets given as flags included)")
 		fs.Var(&webhookSecrets, "stripe-webhook-secret", "whsec_… (repeatable or comma-separated, for rotation)")
-		secretFile("stripe-webhook-secret")
+		secretFile("stripe-webhook-secret", webhookSecrets.add)
 		fs.Var(&orbSecrets, "orb-webhook-secret", "Orb webhook secret (repeatable or comma-separated)")
-		secretFile("orb-webhook-secret")
+		secretFile("orb-webhook-secret", orbSecrets.add)
 		fs.DurationVar(&c.WebhookTolerance, "webhook-tolerance", 5*time.Minute, "max age and max future skew of a signed timestamp")
 		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 25*time.Second, "how long SIGTERM may take to drain (keep below terminationGracePeriodSeconds)")
 		fs.IntVar(&c.RefreshWorkers, "refresh-workers", 8, "concurrent customer refreshes")
@@ -179,22 +207,9 @@ func Parse(command string, args []string, getenv func(string) string, stderr io.
 		return nil, &UsageError{fmt.Errorf("unknown command %q", command)}
 	}
 
-	// Environment first, so the command line overrides it.
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		if envErr != nil {
-			return
-		}
-		if v := getenv(EnvName(f.Name)); v != "" {
-			if err := fs.Set(f.Name, v); err != nil {
-				envErr = &UsageError{fmt.Errorf("%s: %w", EnvName(f.Name), err)}
-			}
-		}
-	})
-	if envErr != nil {
-		return nil, envErr
-	}
-	webhookSecrets.fromEnv, orbSecrets.fromEnv = true, true
+	// The command line first; the environment then fills only the flags it
+	// did not give, so a flag wins over its variable (a list flag's values
+	// replace the variable's rather than adding to them).
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, ErrHelp
@@ -204,24 +219,40 @@ func Parse(command string, args []string, getenv func(string) string, stderr io.
 	if fs.NArg() > 0 {
 		return nil, &UsageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
-
-	// Secret files fill what neither flag nor env set.
-	targets := map[string]func(string){
-		"clickhouse-dsn":        func(v string) { c.ClickHouseDSN = v },
-		"stripe-api-key":        func(v string) { c.StripeAPIKey = v },
-		"orb-api-key":           func(v string) { c.OrbAPIKey = v },
-		"stripe-webhook-secret": func(v string) { webhookSecrets.add(v) },
-		"orb-webhook-secret":    func(v string) { orbSecrets.add(v) },
+	givenBy := map[string]string{} // flag name → "--name" or its variable
+	fs.Visit(func(f *flag.Flag) { givenBy[f.Name] = "--" + f.Name })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if envErr != nil || givenBy[f.Name] != "" {
+			return
+		}
+		if v := getenv(EnvName(f.Name)); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				envErr = &UsageError{fmt.Errorf("%s: %w", EnvName(f.Name), err)}
+			}
+			givenBy[f.Name] = EnvName(f.Name)
+		}
+	})
+	if envErr != nil {
+		return nil, envErr
 	}
-	for name, path := range secrets {
-		if *path == "" {
+
+	// A secret comes from its value or from its file. Both given is
+	// refused rather than resolved: a file that silently overrode a flag
+	// (or was appended to a list of webhook secrets) hid a stale setting.
+	for _, s := range secrets {
+		value, file := givenBy[s.name], givenBy[s.name+"-file"]
+		if value != "" && file != "" {
+			return nil, &UsageError{fmt.Errorf("%s and %s are both given: set --%s or --%s-file, not both", value, file, s.name, s.name)}
+		}
+		if *s.path == "" {
 			continue
 		}
-		b, err := os.ReadFile(*path)
+		b, err := os.ReadFile(*s.path)
 		if err != nil {
-			return nil, &UsageError{fmt.Errorf("--%s-file: %w", name, err)}
+			return nil, &UsageError{fmt.Errorf("%s: %w", file, err)}
 		}
-		targets[name](strings.TrimSpace(string(b)))
+		s.set(strings.TrimSpace(string(b)))
 	}
 	c.StripeWebhookSecrets = webhookSecrets.values
 	c.OrbWebhookSecrets = orbSecrets.values
@@ -330,19 +361,14 @@ func (c *Config) Redact(s string) string {
 	return s
 }
 
-// listFlag is a repeatable, comma-separated flag whose command-line values
-// replace (not extend) those from the environment.
+// listFlag is a repeatable, comma-separated flag.
 type listFlag struct {
-	values  []string
-	fromEnv bool
+	values []string
 }
 
 func (l *listFlag) String() string { return strconv.Itoa(len(l.values)) + " values" }
 
 func (l *listFlag) Set(v string) error {
-	if l.fromEnv {
-		l.values, l.fromEnv = nil, false
-	}
 	l.add(v)
 	return nil
 }

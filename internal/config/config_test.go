@@ -126,3 +126,139 @@ func TestRedact(t *testing.T) {
 		t.Errorf("not redacted: %s", got)
 	}
 }
+
+// A secret and its -file form, from any mix of flags and variables, are a
+// usage error naming both; either one alone works.
+func TestSecretAndItsFileTogether(t *testing.T) {
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "key")
+	secretsFile := filepath.Join(dir, "secrets")
+	os.WriteFile(keyFile, []byte("sk_test_fromfile\n"), 0o600)
+	os.WriteFile(secretsFile, []byte("whsec_file1\nwhsec_file2\n"), 0o600)
+	for _, tt := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		// conflict names the two sources in the error; "" means it parses.
+		conflict    [2]string
+		key         string
+		whsecs      string
+		orbSecrets  string
+		fromDSNFile bool
+	}{
+		{name: "flag and file flag",
+			args:     []string{"--stripe-api-key", "sk_test_flag", "--stripe-api-key-file", keyFile},
+			conflict: [2]string{"--stripe-api-key", "--stripe-api-key-file"}},
+		{name: "env and file env",
+			env:      map[string]string{"SYNCD_STRIPE_API_KEY": "sk_test_env", "SYNCD_STRIPE_API_KEY_FILE": keyFile},
+			conflict: [2]string{"SYNCD_STRIPE_API_KEY", "SYNCD_STRIPE_API_KEY_FILE"}},
+		{name: "flag and file env",
+			args:     []string{"--stripe-api-key", "sk_test_flag"},
+			env:      map[string]string{"SYNCD_STRIPE_API_KEY_FILE": keyFile},
+			conflict: [2]string{"--stripe-api-key", "SYNCD_STRIPE_API_KEY_FILE"}},
+		{name: "env and file flag",
+			args:     []string{"--stripe-api-key-file", keyFile},
+			env:      map[string]string{"SYNCD_STRIPE_API_KEY": "sk_test_env"},
+			conflict: [2]string{"SYNCD_STRIPE_API_KEY", "--stripe-api-key-file"}},
+		{name: "dsn and dsn file",
+			args:     []string{"--clickhouse-dsn-file", keyFile},
+			env:      map[string]string{"SYNCD_CLICKHOUSE_DSN": "clickhouse://h:9000/db"},
+			conflict: [2]string{"SYNCD_CLICKHOUSE_DSN", "--clickhouse-dsn-file"}},
+		{name: "webhook secret list flag and file flag",
+			args: []string{"--stripe-api-key", "sk_test_flag", "--stripe-webhook-secret", "whsec_a,whsec_b",
+				"--stripe-webhook-secret-file", secretsFile},
+			conflict: [2]string{"--stripe-webhook-secret", "--stripe-webhook-secret-file"}},
+		{name: "webhook secret list env and file flag",
+			args:     []string{"--stripe-api-key", "sk_test_flag", "--stripe-webhook-secret-file", secretsFile},
+			env:      map[string]string{"SYNCD_STRIPE_WEBHOOK_SECRET": "whsec_a"},
+			conflict: [2]string{"SYNCD_STRIPE_WEBHOOK_SECRET", "--stripe-webhook-secret-file"}},
+		{name: "orb webhook secret flag and file env",
+			args:     []string{"--orb-webhook-secret", "whsec_a"},
+			env:      map[string]string{"SYNCD_ORB_WEBHOOK_SECRET_FILE": secretsFile},
+			conflict: [2]string{"--orb-webhook-secret", "SYNCD_ORB_WEBHOOK_SECRET_FILE"}},
+
+		{name: "flag only", args: []string{"--stripe-api-key", "sk_test_flag"}, key: "sk_test_flag"},
+		{name: "env only", env: map[string]string{"SYNCD_STRIPE_API_KEY": "sk_test_env"}, key: "sk_test_env"},
+		{name: "file flag only", args: []string{"--stripe-api-key-file", keyFile}, key: "sk_test_fromfile"},
+		{name: "file env only", env: map[string]string{"SYNCD_STRIPE_API_KEY_FILE": keyFile}, key: "sk_test_fromfile"},
+		{name: "flag wins over env for the same form",
+			args: []string{"--stripe-api-key", "sk_test_flag"}, env: map[string]string{"SYNCD_STRIPE_API_KEY": "sk_test_env"},
+			key: "sk_test_flag"},
+		{name: "file flag wins over file env",
+			args: []string{"--stripe-api-key-file", keyFile}, env: map[string]string{"SYNCD_STRIPE_API_KEY_FILE": "/nonexistent"},
+			key: "sk_test_fromfile"},
+		{name: "webhook secret list only",
+			args: []string{"--stripe-api-key", "sk_test_flag", "--stripe-webhook-secret", "whsec_a,whsec_b"},
+			key:  "sk_test_flag", whsecs: "whsec_a whsec_b"},
+		{name: "webhook secret file only",
+			args: []string{"--stripe-api-key", "sk_test_flag", "--stripe-webhook-secret-file", secretsFile},
+			key:  "sk_test_flag", whsecs: "whsec_file1 whsec_file2"},
+		{name: "webhook secret list flag wins over its env",
+			args: []string{"--stripe-api-key", "sk_test_flag", "--stripe-webhook-secret", "whsec_a"},
+			env:  map[string]string{"SYNCD_STRIPE_WEBHOOK_SECRET": "whsec_env"},
+			key:  "sk_test_flag", whsecs: "whsec_a"},
+		{name: "a value for one secret and a file for another",
+			args: []string{"--stripe-api-key", "sk_test_flag", "--orb-webhook-secret-file", secretsFile},
+			key:  "sk_test_flag", orbSecrets: "whsec_file1 whsec_file2"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := parse(t, CmdServe, tt.args, tt.env)
+			if tt.conflict[0] != "" {
+				var ue *UsageError
+				if !errors.As(err, &ue) || !strings.Contains(err.Error(), tt.conflict[0]+" and "+tt.conflict[1]) {
+					t.Fatalf("got %v; want a usage error naming %s and %s", err, tt.conflict[0], tt.conflict[1])
+				}
+				if strings.Contains(err.Error(), "sk_test_") || strings.Contains(err.Error(), "whsec_") {
+					t.Errorf("the error quotes a secret: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.StripeAPIKey != tt.key || strings.Join(c.StripeWebhookSecrets, " ") != tt.whsecs ||
+				strings.Join(c.OrbWebhookSecrets, " ") != tt.orbSecrets {
+				t.Errorf("key %q, stripe secrets %v, orb secrets %v; want %q, %q, %q",
+					c.StripeAPIKey, c.StripeWebhookSecrets, c.OrbWebhookSecrets, tt.key, tt.whsecs, tt.orbSecrets)
+			}
+		})
+	}
+}
+
+// --help states the precedence rule, and each -file flag names its value.
+func TestHelpStatesPrecedence(t *testing.T) {
+	for _, cmd := range []string{CmdServe, CmdBackfill, CmdVerify, CmdMigrate} {
+		var out strings.Builder
+		if _, err := Parse(cmd, []string{"--help"}, func(string) string { return "" }, &out, now); !errors.Is(err, ErrHelp) {
+			t.Fatalf("%s --help: %v", cmd, err)
+		}
+		help := out.String()
+		for _, want := range []string{"wins over its variable", "usage error (exit 2)",
+			"read --clickhouse-dsn from this file (for secrets mounted from Kubernetes); not together with --clickhouse-dsn"} {
+			if !strings.Contains(help, want) {
+				t.Errorf("%s --help lacks %q:\n%s", cmd, want, help)
+			}
+		}
+	}
+}
+
+func TestPprofIsOffByDefault(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		env  map[string]string
+		want bool
+	}{
+		{nil, nil, false},
+		{[]string{"--pprof"}, nil, true},
+		{nil, map[string]string{"SYNCD_PPROF": "true"}, true},
+		{[]string{"--pprof=false"}, map[string]string{"SYNCD_PPROF": "true"}, false},
+	} {
+		c, err := parse(t, CmdServe, tt.args, tt.env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Pprof != tt.want {
+			t.Errorf("args %v env %v: Pprof = %v, want %v", tt.args, tt.env, c.Pprof, tt.want)
+		}
+	}
+}

@@ -22,6 +22,9 @@ func FuzzNormalizeStripe(f *testing.F) {
 		if r.ID == "" || r.Customer == "" || r.Type == "" || len(r.Currency) != 3 || len(r.MetadataKeys) != len(r.MetadataValues) {
 			t.Fatalf("accepted an incomplete row: %+v", r)
 		}
+		if !FitsDateTime(r.Created) {
+			t.Fatalf("accepted a created DateTime cannot hold: %v", r.Created)
+		}
 	})
 }
 
@@ -36,6 +39,9 @@ func FuzzNormalizeOrb(f *testing.F) {
 		}
 		if r.ID == "" || r.Action == "" || r.Type == "" {
 			t.Fatalf("accepted an incomplete row: %+v", r)
+		}
+		if !FitsDateTime(r.CreatedAt) {
+			t.Fatalf("accepted a created_at DateTime cannot hold: %v", r.CreatedAt)
 		}
 		if r.Amount.Exponent() < -12 && !r.Amount.Equal(r.Amount.Truncate(12)) {
 			t.Fatalf("accepted an amount Decimal(38,12) cannot hold: %s", r.Amount)

@@ -93,6 +93,9 @@ func NormalizeOrb(raw []byte, c OrbCustomer, m Meta) (*OrbTxn, error) {
 	if err != nil {
 		return nil, bad("created_at", "not an ISO 8601 time")
 	}
+	if !FitsDateTime(created) {
+		return nil, bad("created_at", created.Format(time.RFC3339Nano)+" is outside "+dateTimeRange)
+	}
 	r := &OrbTxn{
 		ID:                 id,
 		CustomerID:         c.ID,

@@ -272,12 +272,20 @@ type StripeEvent struct {
 	Customer   string // the customer a trigger event names; "" when none
 	Payload    []byte
 	ReceivedAt time.Time
+	// ResolvedAt is when the customer of a thin event's related object was
+	// read; zero for a row written at intake. The row written then
+	// supersedes the intake row (its _version is ResolvedAt's).
+	ResolvedAt time.Time
 }
 
 // Values returns the row in StripeEventTable's column order.
 func (e *StripeEvent) Values() []any {
+	version := e.ReceivedAt
+	if !e.ResolvedAt.IsZero() {
+		version = e.ResolvedAt
+	}
 	return []any{e.ID, e.Type, e.AccountID, boolByte(e.Livemode), e.Created.UTC(), e.APIVersion, e.Customer,
-		string(e.Payload), e.ReceivedAt.UTC(), Version(e.ReceivedAt)}
+		string(e.Payload), e.ReceivedAt.UTC(), Version(version)}
 }
 
 // OrbEvent is one row of the Orb intake log.

@@ -2,6 +2,7 @@ package row
 
 import (
 	"encoding/json"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -92,8 +93,10 @@ func stripeRow(w *stripeWire, raw []byte, m Meta) (*StripeTxn, error) {
 		return nil, bad("amount", "missing")
 	case w.Currency == nil || len(*w.Currency) != 3:
 		return nil, bad("currency", "missing or not a three-letter code")
-	case w.Created == nil || *w.Created <= 0:
-		return nil, bad("created", "missing or not a positive unix time")
+	case w.Created == nil:
+		return nil, bad("created", "missing")
+	case !unixFitsDateTime(*w.Created):
+		return nil, bad("created", strconv.FormatInt(*w.Created, 10)+" is outside "+dateTimeRange)
 	case w.EndingBalance == nil:
 		return nil, bad("ending_balance", "missing")
 	case w.Type == nil || *w.Type == "":

@@ -61,6 +61,17 @@ type Event struct {
 	Customer string
 	Created  int64
 	Raw      []byte // the event JSON as served by /v1/events and POSTed to the webhook
+	// Thin is the same change as a thin event (object "v2.core.event", type
+	// "v1."+Type, id ThinID), POSTed instead of Raw when Config.ThinEvents
+	// is set.
+	Thin   []byte
+	ThinID string
+}
+
+// AsThin returns ev as its thin event: Raw and ID are Thin's and ThinID.
+func (ev Event) AsThin() Event {
+	ev.Raw, ev.ID = ev.Thin, ev.ThinID
+	return ev
 }
 
 // Internal records: the exported value plus the sequence number that orders
@@ -95,6 +106,7 @@ type account struct {
 	customerByID map[string]*customer
 	events       []*event // ascending (created, seq)
 	eventByID    map[string]*event
+	objects      map[string][]byte // invoices, credit notes, checkout sessions by id: as last sent in an event
 }
 
 func (t *txn) key() (int64, int64)      { return t.Created, t.seq }
@@ -107,7 +119,7 @@ func (a *account) key() (int64, int64)  { return a.created, a.seq }
 func (a *account) rawJSON() []byte      { return a.raw }
 
 func newAccount(id string) *account {
-	return &account{id: id, customerByID: map[string]*customer{}, eventByID: map[string]*event{}}
+	return &account{id: id, customerByID: map[string]*customer{}, eventByID: map[string]*event{}, objects: map[string][]byte{}}
 }
 
 type wireTxn struct {

@@ -31,8 +31,13 @@ type Config struct {
 	Rate429 float64       // fraction of requests answered 429 rate_limit
 	Rate500 float64       // fraction of requests answered 500 api_error
 
-	WebhookURL      string
-	WebhookSecret   string
+	WebhookURL    string
+	WebhookSecret string
+	// ThinEvents delivers each change as a thin event (Stripe's v2 event
+	// notification: related_object, context, snapshot_event) instead of a
+	// snapshot event, as an event destination configured for thin events
+	// does. /v1/events still serves snapshot events, as Stripe does.
+	ThinEvents      bool
 	WebhookSync     bool          // deliver inside the mutating call instead of in the background
 	WebhookAttempts int           // per event; 0 means 5
 	WebhookBackoff  time.Duration // first retry delay, doubling; 0 means 50ms

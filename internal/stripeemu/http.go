@@ -28,6 +28,9 @@ func (e *Emulator) routes() *http.ServeMux {
 	mux.HandleFunc("GET /v1/customers/{id}/balance_transactions", e.listTxns)
 	mux.HandleFunc("GET /v1/customers/{id}/balance_transactions/{txn}", e.getTxn)
 	mux.HandleFunc("GET /v1/events", e.listEvents)
+	mux.HandleFunc("GET /v1/invoices/{id}", e.getObject("invoice"))
+	mux.HandleFunc("GET /v1/credit_notes/{id}", e.getObject("credit_note"))
+	mux.HandleFunc("GET /v1/checkout/sessions/{id}", e.getObject("checkout.session"))
 	mux.HandleFunc("GET /v1/accounts", e.listAccounts)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &apiError{status: http.StatusNotFound, Type: "invalid_request_error",
@@ -250,6 +253,26 @@ func (e *Emulator) getTxn(w http.ResponseWriter, r *http.Request) {
 	case raw == nil:
 		writeError(w, missing("customer_balance_transaction", tid, "id"))
 	default:
+		writeJSON(w, raw)
+	}
+}
+
+// getObject serves an invoice, credit note or checkout session as the
+// newest event about it carried it (what a thin event's reader fetches).
+func (e *Emulator) getObject(kind string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		e.mu.RLock()
+		raw, ok := e.account(r).objects[id]
+		e.mu.RUnlock()
+		var head objectHead
+		if ok && (json.Unmarshal(raw, &head) != nil || head.Object != kind) {
+			ok = false
+		}
+		if !ok {
+			writeError(w, missing(kind, id, "id"))
+			return
+		}
 		writeJSON(w, raw)
 	}
 }

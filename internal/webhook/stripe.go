@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/stripe/stripe-go/v82"
 	"github.com/stripe/stripe-go/v82/webhook"
 
 	"github.com/syncd/syncd/internal/metrics"
@@ -37,7 +39,29 @@ type StripeOptions struct {
 	TriggerTypes []string
 	// Dirty is told about each customer a durable trigger event names.
 	Dirty Dirtier
+	// Related is told about each durable thin trigger event whose related
+	// object is not a customer (an invoice, a credit note, a checkout
+	// session): it reads the customer from the object. nil: such events
+	// are stored with no customer and left for the refresher's recovery.
+	Related RelatedResolver
 }
+
+// RelatedResolver finds the customer of a thin event's related object and
+// marks it dirty; ev is the event's intake row, to be written again with
+// its customer once known, so that a restart owes the refresh.
+type RelatedResolver interface {
+	MarkRelated(ev row.StripeEvent, objectType, objectID string)
+}
+
+// thinObject is a thin event's "object"; snapshot events say "event".
+const thinObject = "v2.core.event"
+
+// thinPrefix starts the type of every thin event about a v1 resource.
+const thinPrefix = "v1."
+
+// ThinRelatedTypes are the related_object types of thin trigger events whose
+// customer syncd reads from the object itself.
+var ThinRelatedTypes = []string{"invoice", "credit_note", "checkout.session"}
 
 // Stripe returns the handler of POST /webhooks/stripe.
 func Stripe(opts StripeOptions) http.Handler {
@@ -50,10 +74,12 @@ type stripeAccepter struct {
 	tolerance time.Duration
 	triggers  map[string]bool
 	dirty     Dirtier
+	related   RelatedResolver
 }
 
 func newStripeAccepter(opts StripeOptions) *stripeAccepter {
-	s := &stripeAccepter{secrets: opts.Secrets, tolerance: opts.Tolerance, triggers: map[string]bool{}, dirty: opts.Dirty}
+	s := &stripeAccepter{secrets: opts.Secrets, tolerance: opts.Tolerance, triggers: map[string]bool{}, dirty: opts.Dirty,
+		related: opts.Related}
 	if s.tolerance <= 0 {
 		s.tolerance = webhook.DefaultTolerance
 	}
@@ -63,9 +89,11 @@ func newStripeAccepter(opts StripeOptions) *stripeAccepter {
 	return s
 }
 
-// stripeEnvelope is the part of an event syncd reads; data.object stays raw.
+// stripeEnvelope is the part of a snapshot event syncd reads; data.object
+// stays raw. Object tells a thin event, whose created is a string.
 type stripeEnvelope struct {
 	ID         string  `json:"id"`
+	Object     string  `json:"object"`
 	Type       string  `json:"type"`
 	Account    string  `json:"account"`
 	Livemode   bool    `json:"livemode"`
@@ -91,6 +119,13 @@ func verifyStripe(body []byte, header string, secrets []string, tolerance time.D
 	if header == "" {
 		return webhook.ErrNotSigned
 	}
+	// One t= only: stripe-go verifies against the last one it reads, so a
+	// second would let a header sign with one timestamp and pass the skew
+	// check below with another.
+	signedAt, ok := signedTimestamp(header)
+	if !ok {
+		return webhook.ErrInvalidHeader
+	}
 	err := webhook.ErrNoValidSignature
 	for _, secret := range secrets {
 		// ValidatePayload is what ConstructEventWithOptions checks, without
@@ -103,25 +138,29 @@ func verifyStripe(body []byte, header string, secrets []string, tolerance time.D
 	if err != nil {
 		return err
 	}
-	signedAt, ok := signedTimestamp(header)
-	if !ok {
-		return webhook.ErrInvalidHeader
-	}
 	if signedAt.Sub(now) > tolerance {
 		return errFutureTimestamp
 	}
 	return nil
 }
 
-// signedTimestamp reads t= from a Stripe-Signature header.
+// signedTimestamp reads the one t= of a Stripe-Signature header; false
+// when there is none, more than one, or it is not an integer.
 func signedTimestamp(header string) (time.Time, bool) {
+	var at time.Time
+	found := false
 	for part := range strings.SplitSeq(header, ",") {
-		if v, ok := strings.CutPrefix(part, "t="); ok {
-			sec, err := strconv.ParseInt(v, 10, 64)
-			return time.Unix(sec, 0), err == nil
+		v, ok := strings.CutPrefix(strings.TrimSpace(part), "t=")
+		if !ok {
+			continue
 		}
+		sec, err := strconv.ParseInt(v, 10, 64)
+		if found || err != nil {
+			return time.Time{}, false
+		}
+		at, found = time.Unix(sec, 0), true
 	}
-	return time.Time{}, false
+	return at, found
 }
 
 func (s *stripeAccepter) accept(header http.Header, body []byte, now time.Time) (*delivery, error) {
@@ -136,7 +175,11 @@ func (s *stripeAccepter) accept(header http.Header, body []byte, now time.Time) 
 // one the request queued (_synced_at is now, the arrival time).
 func (s *stripeAccepter) decode(body []byte, now time.Time) (*delivery, error) {
 	var ev stripeEnvelope
-	if err := json.Unmarshal(body, &ev); err != nil {
+	err := json.Unmarshal(body, &ev)
+	if ev.Object == thinObject {
+		return s.decodeThin(body, now)
+	}
+	if err != nil {
 		return nil, badRequest("malformed event JSON")
 	}
 	switch {
@@ -146,6 +189,8 @@ func (s *stripeAccepter) decode(body []byte, now time.Time) (*delivery, error) {
 		return nil, badRequest("event has no type")
 	case ev.Created <= 0:
 		return nil, badRequest("event has no created time")
+	case !row.FitsDateTime(time.Unix(ev.Created, 0)):
+		return nil, badRequest("event created time is outside ClickHouse's DateTime range")
 	}
 	var obj stripeObjectHead
 	if raw := bytes.TrimSpace(ev.Data.Object); len(raw) == 0 || raw[0] != '{' || json.Unmarshal(raw, &obj) != nil {
@@ -178,7 +223,8 @@ func (s *stripeAccepter) decode(body []byte, now time.Time) (*delivery, error) {
 		intake.Customer = stripeCustomer(&obj)
 		if intake.Customer != "" && s.dirty != nil {
 			account, customer := ev.Account, intake.Customer
-			d.afterCommit = func() { s.dirty.MarkDirty(account, customer) }
+			id := ev.ID
+			d.afterCommit = func() { s.dirty.MarkDirty(account, customer, id) }
 		}
 	default:
 		d.ignored = true
@@ -186,6 +232,64 @@ func (s *stripeAccepter) decode(body []byte, now time.Time) (*delivery, error) {
 	if d.typeLabel == "" {
 		d.typeLabel = metrics.EventType(providerStripe, ev.Type)
 	}
+	d.writes = append(d.writes, write{table: row.StripeEventTable, row: intake.Values()})
+	return d, nil
+}
+
+// decodeThin turns a verified thin event (object "v2.core.event") into its
+// intake row. A thin event carries no object, only a reference to it: a
+// trigger type (v1. and one of TriggerTypes) marks the customer dirty
+// directly when the related object is a customer, and otherwise hands the
+// object to Related to read its customer. Other thin types, such as
+// v2.core.event_destination.ping, are stored as ignored.
+func (s *stripeAccepter) decodeThin(body []byte, now time.Time) (*delivery, error) {
+	var ev stripe.ThinEvent
+	if err := json.Unmarshal(body, &ev); err != nil {
+		return nil, badRequest("malformed thin event JSON")
+	}
+	switch {
+	case ev.ID == "":
+		return nil, badRequest("event has no id")
+	case ev.Type == "":
+		return nil, badRequest("event has no type")
+	case ev.Created.IsZero():
+		return nil, badRequest("event has no created time")
+	case !row.FitsDateTime(ev.Created):
+		return nil, badRequest("event created time is outside ClickHouse's DateTime range")
+	}
+	account := ""
+	if ev.Context != nil {
+		account = *ev.Context
+	}
+	d := &delivery{id: ev.ID, typ: ev.Type, account: account, writes: make([]write, 0, 1)}
+	intake := row.StripeEvent{
+		ID: ev.ID, Type: ev.Type, AccountID: account, Livemode: ev.Livemode, Created: ev.Created.UTC().Truncate(time.Second),
+		Payload: body, ReceivedAt: now,
+	}
+	base, v1 := strings.CutPrefix(ev.Type, thinPrefix)
+	rel := ev.RelatedObject
+	switch {
+	case !v1 || !s.triggers[base] || rel == nil || rel.ID == "":
+		d.ignored = true
+	case rel.Type == "customer":
+		intake.Customer = rel.ID
+		if s.dirty != nil {
+			id := ev.ID
+			d.afterCommit = func() { s.dirty.MarkDirty(account, rel.ID, id) }
+		}
+	case slices.Contains(ThinRelatedTypes, rel.Type):
+		if s.related != nil {
+			// The intake row's payload is the pooled request body: the
+			// resolver keeps a copy.
+			held := intake
+			held.Payload = bytes.Clone(body)
+			d.afterCommit = func() { s.related.MarkRelated(held, rel.Type, rel.ID) }
+		}
+	default:
+		d.ignored = true
+	}
+	// Counted with the snapshot events of the same type.
+	d.typeLabel = metrics.EventType(providerStripe, strings.TrimPrefix(ev.Type, thinPrefix))
 	d.writes = append(d.writes, write{table: row.StripeEventTable, row: intake.Values()})
 	return d, nil
 }

@@ -38,13 +38,14 @@ var triggers = []string{
 	"credit_note.created", "credit_note.updated", "credit_note.voided", "checkout.session.completed",
 }
 
-// dirtyLog records MarkDirty calls.
+// dirtyLog records MarkDirty and MarkRelated calls.
 type dirtyLog struct {
-	mu    sync.Mutex
-	marks [][2]string
+	mu      sync.Mutex
+	marks   [][2]string
+	related []relatedMark
 }
 
-func (d *dirtyLog) MarkDirty(account, customer string) {
+func (d *dirtyLog) MarkDirty(account, customer, _ string) {
 	d.mu.Lock()
 	d.marks = append(d.marks, [2]string{account, customer})
 	d.mu.Unlock()
@@ -89,6 +90,7 @@ func start(t *testing.T, dsn string, ackTimeout time.Duration) *fixture {
 		Tolerance:    5 * time.Minute,
 		TriggerTypes: triggers,
 		Dirty:        f.dirty,
+		Related:      f.dirty,
 	}))
 	t.Cleanup(srv.Close)
 	f.url = srv.URL

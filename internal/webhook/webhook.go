@@ -38,7 +38,8 @@ type Writer interface {
 // Dirtier is told which customer to re-read once an event naming it is
 // durable. It must not block.
 type Dirtier interface {
-	MarkDirty(account, customer string)
+	// MarkDirty is told the event's id too: the refresh's rows name it.
+	MarkDirty(account, customer, eventID string)
 }
 
 // Common is what every webhook route shares.
