@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/syncd/syncd/internal/backfill"
 	"github.com/syncd/syncd/internal/config"
+	"github.com/syncd/syncd/internal/fleet"
 	"github.com/syncd/syncd/internal/metrics"
 	"github.com/syncd/syncd/internal/sink"
 )
@@ -27,7 +29,7 @@ func runBackfill(ctx context.Context, cfg *config.Config, log *zap.Logger, e env
 	defer conn.Close()
 	m := metrics.New()
 	sk := sink.New(conn, backfill.SinkOptions(sink.Options{BatchRows: cfg.BatchRows, FlushInterval: cfg.FlushInterval,
-		QueueRows: cfg.QueueRows, Metrics: m, Logger: log}))
+		QueueRows: cfg.QueueRows, QueueBytes: cfg.QueueBytes, Metrics: m, Logger: log}))
 	mode := cfg.Progress
 	if mode == "auto" {
 		mode = "log"
@@ -40,6 +42,11 @@ func runBackfill(ctx context.Context, cfg *config.Config, log *zap.Logger, e env
 	if cfg.Provider == config.Orb {
 		src, accounts, allAccounts = orbSource(cfg, m, log), nil, false
 	}
+	leave, err := joinFleet(ctx, conn, cfg.Provider, src.(sharer), log)
+	if err != nil {
+		return err
+	}
+	defer leave()
 	sum, err := backfill.Run(ctx, backfill.Options{
 		Source:       src,
 		Conn:         conn,
@@ -65,7 +72,7 @@ func runBackfill(ctx context.Context, cfg *config.Config, log *zap.Logger, e env
 	}
 	fmt.Fprintln(e.stdout, sum)
 	log.Info("backfill finished", zap.String("mode", sum.Mode), zap.Int("customers", sum.Customers),
-		zap.Int("resumed", sum.Resumed), zap.Int64("rows", sum.Rows), zap.Int64("requests", sum.Requests),
+		zap.Int("resumed", sum.Resumed), zap.Int("deleted", sum.Deleted), zap.Int64("rows", sum.Rows), zap.Int64("requests", sum.Requests),
 		zap.Int64("retries", sum.Retries), zap.Duration("duration", sum.Duration), zap.Bool("ok", err == nil))
 	switch {
 	case err == nil:
@@ -74,6 +81,29 @@ func runBackfill(ctx context.Context, cfg *config.Config, log *zap.Logger, e env
 		return errors.New("backfill interrupted; finished customers are checkpointed: run it again to resume")
 	}
 	return fmt.Errorf("backfill incomplete: %w", err)
+}
+
+// sharer is a source whose rate limit can be split with other processes.
+type sharer interface{ Share(n int) }
+
+// joinFleet makes this command a member of the processes spending pool's
+// API budget (internal/fleet), each a 1/n share of it, until leave is
+// called. It fails only when ctx ends; a ClickHouse that cannot take the
+// heartbeat leaves the whole limit to this process, with a warning.
+func joinFleet(ctx context.Context, conn driver.Conn, pool string, src sharer, log *zap.Logger) (leave func(), err error) {
+	member := fleet.New(fleet.Options{Conn: conn, Role: fleet.RoleBackfill, Pool: pool, Logger: log.Named("fleet"),
+		OnChange: func(live []string) { src.Share(len(live)) }})
+	if err := member.Join(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		log.Warn("could not join the fleet; the whole rate limit is spent as if alone", zap.Error(err))
+	}
+	src.Share(member.Size())
+	fleetCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	var done sync.WaitGroup
+	done.Go(func() { member.Run(fleetCtx) })
+	return func() { stop(); done.Wait() }, nil
 }
 
 // openCurrent connects to ClickHouse and checks that the schema is migrated.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/syncd/syncd/internal/backfill"
 	"github.com/syncd/syncd/internal/config"
+	"github.com/syncd/syncd/internal/fleet"
 	"github.com/syncd/syncd/internal/metrics"
 	"github.com/syncd/syncd/internal/row"
 	"github.com/syncd/syncd/internal/sink"
@@ -136,16 +138,20 @@ func runServe(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) e
 	}
 
 	var (
-		store = &store{}
+		store = &store{scope: newRefreshScope(cfg), m: m, log: log.Named("refresh")}
 		ready = &readiness{store: store}
 	)
-	common := webhook.Common{Sink: store, Background: background{store}, Metrics: m, Logger: log.Named("webhook")}
+	common := webhook.Common{Sink: store, Background: background{store}, Metrics: m, Logger: log.Named("webhook"),
+		Bodies: webhook.NewBudget(cfg.WebhookBodyBytes)}
 	web := &http.Server{
 		Handler:           webhookRoutes(cfg, common, store),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          zap.NewStdLog(log.Named("http")),
+		// Providers send a few headers; net/http's default (1 MiB) would
+		// let each connection hold a megabyte before any budget applies.
+		MaxHeaderBytes: maxHeaderBytes,
+		ErrorLog:       zap.NewStdLog(log.Named("http")),
 	}
 	admin := adminServer(cfg, m, ready, log)
 	serveErr := make(chan error, 2)
@@ -170,7 +176,7 @@ func runServe(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) e
 			return // ctx ended
 		}
 		sk := sink.New(conn, sink.Options{
-			BatchRows: cfg.BatchRows, FlushInterval: cfg.FlushInterval, QueueRows: cfg.QueueRows,
+			BatchRows: cfg.BatchRows, FlushInterval: cfg.FlushInterval, QueueRows: cfg.QueueRows, QueueBytes: cfg.QueueBytes,
 			Metrics: m, Logger: log.Named("sink"),
 		})
 		// Transaction rows of object events, which the 200 does not wait
@@ -179,7 +185,7 @@ func runServe(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) e
 		// intake-log inserts the requests wait for.
 		bg := sink.New(conn, sink.Options{
 			BatchRows: cfg.BatchRows, FlushInterval: max(cfg.FlushInterval, backgroundLinger), QueueRows: cfg.QueueRows,
-			Metrics: m, Logger: log.Named("sink"),
+			QueueBytes: cfg.QueueBytes, Metrics: m, Logger: log.Named("sink"),
 		})
 		b := &backend{conn: conn, sink: sk, background: bg}
 		if stripeOn {
@@ -187,9 +193,21 @@ func runServe(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) e
 				APIKey: cfg.StripeAPIKey, URL: cfg.StripeAPIURL, RateLimit: cfg.RateLimitFor(config.Stripe),
 				Metrics: m, Logger: log.Named("stripe"),
 			})
-			b.refresher = backfill.NewRefresher(backfill.RefresherOptions{
+			// The processes sharing this database split the API budget and
+			// the customers between them (internal/fleet).
+			var refresher *backfill.Refresher
+			b.member = fleet.New(fleet.Options{Conn: conn, Role: fleet.RoleServe, Pool: config.Stripe, Logger: log.Named("fleet"),
+				OnChange: func(live []string) {
+					m.FleetMembers.Set(float64(len(live)))
+					src.Share(len(live))
+					refresher.Rebalance()
+				}})
+			m.FleetMembers.Set(1)
+			refresher = backfill.NewRefresher(backfill.RefresherOptions{
 				Source: src, Sink: sk, Conn: conn, Metrics: m, Logger: log.Named("refresh"), Workers: cfg.RefreshWorkers,
+				Owner: scopedOwner{scope: store.scope, owner: b.member},
 			})
+			b.refresher = refresher
 		}
 		made = b
 		// Transaction rows of acknowledged object events that a crash lost
@@ -211,17 +229,37 @@ func runServe(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) e
 		runErr = fmt.Errorf("http server: %w", runErr)
 	case <-connected:
 		b := store.b.Load()
+		var rctx context.Context
+		rctx, stopRefresher = context.WithCancel(context.WithoutCancel(ctx))
+		refresherDone = make(chan struct{})
+		var workers sync.WaitGroup
+		// Transaction rows that another process acknowledged and lost
+		// (it died, or could not drain) are found and written again by
+		// whichever processes are alive.
+		workers.Go(func() {
+			webhook.KeepRecovering(rctx, webhook.RecoverOptions{Conn: b.conn, Sink: b.background, Logger: log.Named("recover")},
+				recoverEvery, m)
+		})
 		if b.refresher != nil {
-			var rctx context.Context
-			rctx, stopRefresher = context.WithCancel(context.WithoutCancel(ctx))
-			refresherDone = make(chan struct{})
-			go func() {
-				defer close(refresherDone)
+			workers.Go(func() {
+				// Joining waits until the other processes have seen this
+				// one, so its first requests are within its share.
+				if err := b.member.Join(rctx); err != nil && rctx.Err() == nil {
+					log.Warn("could not join the fleet yet; refreshing as if alone until a heartbeat succeeds", zap.Error(err))
+				}
+				// The member leaves once the refresher has stopped, in-flight
+				// refreshes included: until then its share is still spent.
+				mctx, leave := context.WithCancel(context.WithoutCancel(rctx))
+				var fleetDone sync.WaitGroup
+				fleetDone.Go(func() { b.member.Run(mctx) })
 				if err := b.refresher.Run(rctx); err != nil {
 					log.Error("refresher stopped", zap.Error(err))
 				}
-			}()
+				leave()
+				fleetDone.Wait()
+			})
 		}
+		go func() { workers.Wait(); close(refresherDone) }()
 		select {
 		case <-ctx.Done():
 		case runErr = <-serveErr:
@@ -308,10 +346,19 @@ func recoverTxnRows(ctx context.Context, conn driver.Conn, sk *sink.Sink, log *z
 	}
 }
 
+// maxHeaderBytes bounds the request headers of the webhook listener.
+const maxHeaderBytes = 64 << 10
+
 // backgroundLinger is how long the background sink lets transaction rows
 // of object events gather before an insert (at least; --flush-interval
 // when longer). It bounds how far those rows trail their 200 when idle.
 const backgroundLinger = 200 * time.Millisecond
+
+// recoverEvery is how often every serve process looks in the intake log
+// for acknowledged object events whose transaction rows are missing: with
+// the look's 20 s settle time, a row a dead process lost is back within
+// about 35 s.
+const recoverEvery = 15 * time.Second
 
 // backend is what exists once ClickHouse has been reached.
 type backend struct {
@@ -319,14 +366,75 @@ type backend struct {
 	sink       *sink.Sink
 	background *sink.Sink          // rows derived from acknowledged events
 	refresher  *backfill.Refresher // nil when Stripe is off
+	member     *fleet.Member       // with the refresher
 }
 
 // store stands in for the sink and the refresher until ClickHouse has been
 // reached and lost transaction rows recovered: until then every write is
-// refused, so webhooks answer 503.
+// refused, so webhooks answer 503. It hands the refresher only the trigger
+// events of the accounts in scope.
 type store struct {
 	b          atomic.Pointer[backend]
 	recovering atomic.Bool
+
+	scope  refreshScope
+	m      *metrics.Metrics
+	log    *zap.Logger
+	warned sync.Map // accounts out of scope already logged at warn level
+}
+
+// refreshScope is the accounts whose trigger events serve refreshes:
+// --stripe-accounts, read as backfill reads it — every account with all,
+// the listed acct_… ids, or else the key's own account ("") only.
+type refreshScope struct {
+	all      bool
+	accounts map[string]bool
+}
+
+func newRefreshScope(cfg *config.Config) refreshScope {
+	if cfg.StripeAllAccounts {
+		return refreshScope{all: true}
+	}
+	sc := refreshScope{accounts: map[string]bool{}}
+	for _, a := range cfg.StripeAccounts {
+		sc.accounts[a] = true
+	}
+	if len(sc.accounts) == 0 {
+		sc.accounts[""] = true
+	}
+	return sc
+}
+
+func (sc refreshScope) includes(account string) bool { return sc.all || sc.accounts[account] }
+
+// scopedOwner is owner restricted to the accounts in scope. The refresher
+// also finds work in the intake log, which holds every stored event: what
+// --stripe-accounts leaves out is not this process's, nor any other's.
+type scopedOwner struct {
+	scope refreshScope
+	owner backfill.Owner
+}
+
+// Owns takes the account from the key, "account/…" ("" for the key's own).
+func (o scopedOwner) Owns(key string) bool {
+	account, _, _ := strings.Cut(key, "/")
+	return o.scope.includes(account) && o.owner.Owns(key)
+}
+
+// inScope says whether the trigger event eventID of account is refreshed;
+// one that is not stays stored, and is counted and logged.
+func (s *store) inScope(account, eventID string) bool {
+	if s.scope.includes(account) {
+		return true
+	}
+	s.m.RefreshSkipped.Inc()
+	fields := []zap.Field{zap.String("account", account), zap.String("event", eventID)}
+	if _, seen := s.warned.LoadOrStore(account, true); !seen {
+		s.log.Warn("trigger events of an account outside --stripe-accounts are stored, not refreshed", fields...)
+	} else {
+		s.log.Debug("trigger event stored, not refreshed: account outside --stripe-accounts", fields...)
+	}
+	return false
 }
 
 var (
@@ -363,13 +471,13 @@ func (bg background) TryWrite(t sink.Table, rows ...[]any) (*sink.Ack, error) {
 
 func (s *store) MarkDirty(account, customer, eventID string) {
 	// A write committed, so the backend exists.
-	if b := s.b.Load(); b != nil && b.refresher != nil {
+	if b := s.b.Load(); b != nil && b.refresher != nil && s.inScope(account, eventID) {
 		b.refresher.MarkDirty(account, customer, eventID)
 	}
 }
 
 func (s *store) MarkRelated(ev row.StripeEvent, objectType, id string) {
-	if b := s.b.Load(); b != nil && b.refresher != nil {
+	if b := s.b.Load(); b != nil && b.refresher != nil && s.inScope(ev.AccountID, ev.ID) {
 		b.refresher.MarkRelated(ev, objectType, id)
 	}
 }

@@ -170,9 +170,16 @@ type process struct {
 
 func startProcess(t *testing.T, bin string, args []string) *process {
 	t.Helper()
+	return startProcessEnv(t, bin, args)
+}
+
+// startProcessEnv is startProcess with env (KEY=value) added to the child's
+// environment.
+func startProcessEnv(t *testing.T, bin string, args []string, env ...string) *process {
+	t.Helper()
 	p := &process{instance: instance{logs: &logs{}}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
-	p.cmd.Env = []string{"PATH=/usr/bin:/bin"}
+	p.cmd.Env = append([]string{"PATH=/usr/bin:/bin"}, env...)
 	p.cmd.Stderr = p.logs
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -161,7 +161,7 @@ func testServeConvergesUnderDuplicatesAndReordering(t *testing.T, format func([]
 	dsn, conn := migrated(t)
 	emu, api := emulator(t, stripeemu.Config{Seed: 7, Customers: 6, Accounts: []string{"", "acct_conv"}}, nil)
 	in := serveInProcess(t, serveArgs(dsn, "--stripe-api-key", testAPIKey, "--stripe-api-url", api,
-		"--stripe-webhook-secret", testSecret, "--rate-limit", "500"))
+		"--stripe-webhook-secret", testSecret, "--rate-limit", "500", "--stripe-accounts", "all"))
 	in.ready(t)
 
 	customers := emu.Customers()
@@ -215,7 +215,9 @@ func testServeConvergesUnderDuplicatesAndReordering(t *testing.T, format func([]
 }
 
 // TestServeConnectEventRefreshesThroughStripeAccount: an event from a
-// connected account is refreshed with Stripe-Account set to that account.
+// connected account that --stripe-accounts names is refreshed with
+// Stripe-Account set to that account (TestServeRefreshesOnlyStripeAccounts:
+// and one it does not name is not).
 func TestServeConnectEventRefreshesThroughStripeAccount(t *testing.T) {
 	eachFormat(t, testServeConnectEventRefreshesThroughStripeAccount)
 }
@@ -238,7 +240,7 @@ func testServeConnectEventRefreshesThroughStripeAccount(t *testing.T, format fun
 			})
 		})
 	in := serveInProcess(t, serveArgs(dsn, "--stripe-api-key", testAPIKey, "--stripe-api-url", api,
-		"--stripe-webhook-secret", testSecret))
+		"--stripe-webhook-secret", testSecret, "--stripe-accounts", "acct_connected"))
 	in.ready(t)
 
 	var target stripeemu.Customer

@@ -21,10 +21,22 @@ func runVerify(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) 
 	}
 	defer conn.Close()
 	m := metrics.New()
+	var src sharer
+	if cfg.Provider == config.Orb {
+		src = orbSource(cfg, m, log)
+	} else {
+		src = stripeSource(cfg, m, log)
+	}
+	// verify spends the same API budget as serve and backfill.
+	leave, err := joinFleet(ctx, conn, cfg.Provider, src, log)
+	if err != nil {
+		return err
+	}
+	defer leave()
 	var rep *backfill.Report
 	if cfg.Provider == config.Orb {
 		rep, err = backfill.VerifyOrb(ctx, backfill.OrbVerifyOptions{
-			Source:      orbSource(cfg, m, log),
+			Source:      src.(*backfill.OrbSource),
 			Conn:        conn,
 			Metrics:     m,
 			Logger:      log,
@@ -33,7 +45,7 @@ func runVerify(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) 
 		})
 	} else {
 		rep, err = backfill.Verify(ctx, backfill.VerifyOptions{
-			Source:      stripeSource(cfg, m, log),
+			Source:      src.(*backfill.StripeSource),
 			Conn:        conn,
 			Metrics:     m,
 			Logger:      log,

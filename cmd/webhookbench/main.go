@@ -10,7 +10,9 @@
 //
 // Without -target it builds and starts `syncd serve` itself (after `syncd
 // migrate`) on a fresh database it drops at the end, on a private ClickHouse
-// server unless -clickhouse-dsn names one.
+// server unless -clickhouse-dsn names one. With -replicas N it starts N
+// `syncd serve` processes on that one database, as a deployment's pods
+// share it, and binds each load connection to one of them in turn.
 package main
 
 import (
@@ -61,6 +63,7 @@ type options struct {
 	conns    int
 	duration time.Duration
 	rate     int
+	replicas int
 }
 
 func run(args []string, stdout io.Writer) error {
@@ -73,8 +76,12 @@ func run(args []string, stdout io.Writer) error {
 	fs.IntVar(&o.conns, "conns", 512, "concurrent connections, each a keep-alive HTTP/1.1 connection sending one event at a time (Stripe delivers over many)")
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "length of each load run")
 	fs.IntVar(&o.rate, "rate", 1000, "events per second of the fixed-rate run")
+	fs.IntVar(&o.replicas, "replicas", 1, "syncd serve processes to start on the one database; connections are spread across them round robin (ignored with -target)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if o.replicas < 1 {
+		return errors.New("-replicas must be at least 1")
 	}
 
 	fmt.Fprintf(stdout, "webhookbench: %d CPUs, GOMAXPROCS %d, %s, %s, load average at start %s\n\n", runtime.NumCPU(),
@@ -90,14 +97,14 @@ func run(args []string, stdout io.Writer) error {
 	}
 	defer stop()
 
-	target, admin := o.target, ""
-	if target == "" {
+	targets, admins := []string{o.target}, []string(nil)
+	if o.target == "" {
 		srv, err := startSyncd(o)
 		if err != nil {
 			return err
 		}
 		defer srv.stop()
-		target, admin = srv.url, srv.admin
+		targets, admins = srv.urls, srv.admins
 		// Interrupted, stop the syncd child too (its ClickHouse server
 		// dies with this process).
 		sigs := make(chan os.Signal, 1)
@@ -109,33 +116,38 @@ func run(args []string, stdout io.Writer) error {
 		}()
 	}
 
+	syncdName := "syncd"
+	if len(targets) > 1 {
+		syncdName = fmt.Sprintf("syncd ×%d replicas", len(targets))
+		fmt.Fprintf(stdout, "%d syncd serve replicas on one database; each connection bound to one, round robin\n\n", len(targets))
+	}
 	fmt.Fprintln(stdout, "| run | conns | offered | events/s (2xx) | non-2xx | p50 ack | p99 ack | max ack |")
 	fmt.Fprintln(stdout, "|---|---|---|---|---|---|---|---|")
 	report := func(name string, conns int, offered string, r result) {
 		fmt.Fprintf(stdout, "| %s | %d | %s | %.0f | %d | %s | %s | %s |\n", name, conns, offered, r.rate(),
 			r.failed, ms(r.quantile(0.50)), ms(r.quantile(0.99)), ms(r.quantile(1)))
 	}
-	report("plain net/http 200 handler", o.conns, "max", load(plain, o.secret, o.conns, 0, o.duration))
+	report("plain net/http 200 handler", o.conns, "max", load([]string{plain}, o.secret, o.conns, 0, o.duration))
 	// Warm-up: connections, ClickHouse parts, the sink's first inserts.
-	load(target, o.secret, o.conns, 0, 2*time.Second)
+	load(targets, o.secret, o.conns, 0, 2*time.Second)
 	for _, run := range []struct {
 		conns int
 		rate  int
 	}{{o.conns, 0}, {o.conns, o.rate}} {
-		before := sinkStats(admin)
-		r := load(target, o.secret, run.conns, run.rate, o.duration)
+		before := sinkStats(admins)
+		r := load(targets, o.secret, run.conns, run.rate, o.duration)
 		offered := "max"
 		if run.rate > 0 {
 			offered = fmt.Sprintf("%d/s", run.rate)
 		}
-		report("syncd, object events, durable", run.conns, offered, r)
-		if admin != "" {
+		report(syncdName+", object events, durable", run.conns, offered, r)
+		if len(admins) > 0 {
 			// A 200 waits for the intake row; the transaction row is
 			// committed in the background. Count the run as done when that
 			// backlog is, so the next run does not inherit it.
-			backlog := queuedRows(admin)
-			drained, ok := waitDrained(admin, 2*time.Minute)
-			after := sinkStats(admin)
+			backlog := queuedRows(admins)
+			drained, ok := waitDrained(admins, 2*time.Minute)
+			after := sinkStats(admins)
 			n, secs := after.inserts-before.inserts, after.seconds-before.seconds
 			if n > 0 {
 				l := fmt.Sprintf("%s: %.0f inserts, %.0f rows each, %.1f ms each (mean); rows: %s; queued when the load stopped: %.0f rows, all committed %s later",
@@ -183,23 +195,31 @@ func (s stats) minus(before stats) string {
 	return strings.Join(parts, ", ")
 }
 
-// queuedRows reads syncd_sink_queue_rows; -1 when unknown.
-func queuedRows(admin string) float64 {
-	v := -1.0
-	scrapeMetrics(admin, func(name string, value float64) {
-		if name == "syncd_sink_queue_rows" {
-			v = value
+// queuedRows sums syncd_sink_queue_rows over the replicas; -1 when any
+// is unknown.
+func queuedRows(admins []string) float64 {
+	total := 0.0
+	for _, admin := range admins {
+		v := -1.0
+		scrapeMetrics(admin, func(name string, value float64) {
+			if name == "syncd_sink_queue_rows" {
+				v = value
+			}
+		})
+		if v < 0 {
+			return -1
 		}
-	})
-	return v
+		total += v
+	}
+	return total
 }
 
-// waitDrained waits until syncd's sink queue is empty and says how long
-// that took.
-func waitDrained(admin string, limit time.Duration) (time.Duration, bool) {
+// waitDrained waits until every replica's sink queue is empty and says
+// how long that took.
+func waitDrained(admins []string, limit time.Duration) (time.Duration, bool) {
 	start := time.Now()
 	for time.Since(start) < limit {
-		if queuedRows(admin) == 0 {
+		if queuedRows(admins) == 0 {
 			return time.Since(start), true
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -207,21 +227,23 @@ func waitDrained(admin string, limit time.Duration) (time.Duration, bool) {
 	return time.Since(start), false
 }
 
-// sinkStats reads inserts, rows per table and insert seconds from syncd's
-// /metrics.
-func sinkStats(admin string) stats {
+// sinkStats reads inserts, rows per table and insert seconds from each
+// replica's /metrics, summed.
+func sinkStats(admins []string) stats {
 	out := stats{rows: map[string]float64{}}
-	scrapeMetrics(admin, func(name string, v float64) {
-		switch {
-		case name == "syncd_sink_flush_seconds_count":
-			out.inserts = v
-		case strings.HasPrefix(name, "syncd_sink_rows_total{"):
-			table := strings.TrimSuffix(strings.TrimPrefix(name, `syncd_sink_rows_total{table="`), `"}`)
-			out.rows[table] += v
-		case name == "syncd_sink_flush_seconds_sum":
-			out.seconds = v
-		}
-	})
+	for _, admin := range admins {
+		scrapeMetrics(admin, func(name string, v float64) {
+			switch {
+			case name == "syncd_sink_flush_seconds_count":
+				out.inserts += v
+			case strings.HasPrefix(name, "syncd_sink_rows_total{"):
+				table := strings.TrimSuffix(strings.TrimPrefix(name, `syncd_sink_rows_total{table="`), `"}`)
+				out.rows[table] += v
+			case name == "syncd_sink_flush_seconds_sum":
+				out.seconds += v
+			}
+		})
+	}
 	return out
 }
 
@@ -342,17 +364,21 @@ func (r result) quantile(q float64) time.Duration {
 	return r.latencies[i]
 }
 
-// load POSTs signed object events to base/webhooks/stripe from conns
-// workers for d: as fast as answers come (rate 0), or at rate events/s
+// load POSTs signed object events to <base>/webhooks/stripe from conns
+// workers for d, worker i bound to bases[i % len(bases)]: as fast as answers come (rate 0), or at rate events/s
 // with latency measured from each event's scheduled time, so a stall
 // counts against every event it delays. Each worker keeps one HTTP/1.1
 // connection alive, as a Stripe delivery worker does, and speaks HTTP
 // itself (poster): net/http's client would cost this program, which shares
 // the two cores with syncd and ClickHouse, about three times the CPU.
-func load(base, secret string, conns, rate int, d time.Duration) result {
-	u, err := url.Parse(base)
-	if err != nil {
-		panic(err)
+func load(bases []string, secret string, conns, rate int, d time.Duration) result {
+	hosts := make([]string, len(bases))
+	for i, base := range bases {
+		u, err := url.Parse(base)
+		if err != nil {
+			panic(err)
+		}
+		hosts[i] = u.Host
 	}
 	var (
 		mu  sync.Mutex
@@ -377,9 +403,9 @@ func load(base, secret string, conns, rate int, d time.Duration) result {
 			}
 		}()
 	}
-	for range conns {
+	for i := range conns {
 		wg.Go(func() {
-			p := &poster{addr: u.Host, path: "/webhooks/stripe"}
+			p := &poster{addr: hosts[i%len(hosts)], path: "/webhooks/stripe"}
 			defer p.close()
 			var lat []time.Duration
 			ok, failed := 0, 0
@@ -521,10 +547,11 @@ func (p *poster) exchange() (status int, keep bool, err error) {
 	return status, false, err
 }
 
-// syncdServer is a `syncd serve` child process on a fresh database.
+// syncdServer is one or more `syncd serve` child processes on one fresh
+// database: their public and admin base URLs.
 type syncdServer struct {
-	url, admin string
-	stop       func()
+	urls, admins []string
+	stop         func()
 }
 
 func startSyncd(o options) (*syncdServer, error) {
@@ -575,22 +602,43 @@ func startSyncd(o options) (*syncdServer, error) {
 		undo()
 		return nil, fmt.Errorf("syncd migrate: %v\n%s", err, out)
 	}
+	s := &syncdServer{stop: undo}
+	for range o.replicas {
+		web, admin, stop, err := startServe(bin, dsn, o.secret)
+		if err != nil {
+			undo()
+			return nil, err
+		}
+		cleanup = append(cleanup, stop)
+		s.urls = append(s.urls, web)
+		s.admins = append(s.admins, admin)
+	}
+	for _, u := range s.urls {
+		if err := waitWritable(u, o.secret); err != nil {
+			undo()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// startServe starts one `syncd serve` on dsn, each on its own ports, and
+// returns its public and admin base URLs once it has logged them.
+func startServe(bin, dsn, secret string) (web, admin string, stop func(), err error) {
 	cmd := exec.Command(bin, "serve", "--clickhouse-dsn", dsn, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
 		"--stripe-api-key", "sk_test_webhookbench", "--stripe-api-url", "http://127.0.0.1:1",
-		"--stripe-webhook-secret", o.secret)
+		"--stripe-webhook-secret", secret)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
-		undo()
-		return nil, err
+		return "", "", nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		undo()
-		return nil, err
+		return "", "", nil, err
 	}
-	cleanup = append(cleanup, func() {
+	stop = func() {
 		_ = cmd.Process.Signal(os.Interrupt)
 		_ = cmd.Wait()
-	})
+	}
 	addr := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -608,15 +656,10 @@ func startSyncd(o options) (*syncdServer, error) {
 	}()
 	select {
 	case a := <-addr:
-		s := &syncdServer{url: "http://" + a[0], admin: "http://" + a[1], stop: undo}
-		if err := waitWritable(s.url, o.secret); err != nil {
-			undo()
-			return nil, err
-		}
-		return s, nil
+		return "http://" + a[0], "http://" + a[1], stop, nil
 	case <-time.After(30 * time.Second):
-		undo()
-		return nil, errors.New("syncd serve did not log its address within 30s")
+		stop()
+		return "", "", nil, errors.New("syncd serve did not log its address within 30s")
 	}
 }
 
@@ -624,7 +667,7 @@ func startSyncd(o options) (*syncdServer, error) {
 func waitWritable(base, secret string) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		r := load(base, secret, 1, 0, 10*time.Millisecond)
+		r := load([]string{base}, secret, 1, 0, 10*time.Millisecond)
 		if r.ok > 0 {
 			return nil
 		}

@@ -7,6 +7,7 @@ package helm_test
 import (
 	"bytes"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"regexp"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -26,6 +28,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/syncd/syncd/internal/metrics"
@@ -44,7 +47,7 @@ const (
 )
 
 // ExportedMetrics is every metric family syncd serves on /metrics: the list in
-// CONTRACT.md plus syncd_build_info, with its Prometheus type. Dashboards and
+// CONTRACT.md plus syncd_build_info and the fleet's, with its Prometheus type. Dashboards and
 // alerts may use only these (histograms through _bucket, _sum and _count).
 // A test of the running binary compares this list with a real scrape.
 var ExportedMetrics = map[string]string{
@@ -61,6 +64,14 @@ var ExportedMetrics = map[string]string{
 	"syncd_backfill_customers_total": "counter",
 	"syncd_sync_lag_seconds":         "gauge",
 	"syncd_build_info":               "gauge",
+	// Beyond the contract: the fleet (docs/operations.md, "Scale").
+	"syncd_refresh_owed_customers":           "gauge",
+	"syncd_refresh_owed_oldest_seconds":      "gauge",
+	"syncd_fleet_members":                    "gauge",
+	"syncd_refresh_parked_total":             "counter",
+	"syncd_recovered_rows_total":             "counter",
+	"syncd_backfill_deleted_customers_total": "counter",
+	"syncd_refresh_skipped_events_total":     "counter",
 }
 
 // seriesNames are the names a PromQL selector may use for ExportedMetrics.
@@ -357,6 +368,7 @@ func TestRender(t *testing.T) {
 		"monitoring":      checkMonitoring,
 		"cronjob":         checkCronJob,
 		"backfill-job":    checkBackfillJob,
+		"sweep-both":      checkSweepBoth,
 	}
 	sets := append([]string{""}, valueFiles(t)...)
 	for _, f := range sets {
@@ -441,6 +453,90 @@ func checkCommon(t *testing.T, r rendered) {
 		checkContainerSecurity(t, owner, c)
 		checkTmp(t, owner, pod, c)
 		checkSecretHandling(t, owner, pod, c)
+		checkGoMemLimit(t, owner, c, 0.9)
+	}
+}
+
+// checkGoMemLimit: a container with a memory limit runs with GOMEMLIMIT at
+// ratio of it (whole MiB, rounded down), so that the Go runtime collects
+// garbage harder near the limit instead of being OOM-killed; with ratio 0,
+// without it.
+func checkGoMemLimit(t *testing.T, owner string, c corev1.Container, ratio float64) {
+	t.Helper()
+	var got []string
+	for _, e := range c.Env {
+		if e.Name == "GOMEMLIMIT" {
+			got = append(got, e.Value)
+		}
+	}
+	limit := c.Resources.Limits.Memory()
+	if ratio == 0 || limit.IsZero() {
+		if len(got) != 0 {
+			t.Errorf("%s: GOMEMLIMIT %v without a ratio and a memory limit", owner, got)
+		}
+		return
+	}
+	want := fmt.Sprintf("%dMiB", int64(float64(limit.Value())*ratio)>>20)
+	if len(got) != 1 || got[0] != want {
+		t.Errorf("%s: GOMEMLIMIT = %v, want %s (%.2f of the %s limit)", owner, got, want, ratio, limit)
+		return
+	}
+	// What the Go runtime will read: below the limit, and by less than
+	// the MiB it is rounded to beyond the ratio.
+	mib, err := strconv.ParseInt(strings.TrimSuffix(got[0], "MiB"), 10, 64)
+	if err != nil || mib<<20 >= limit.Value() || float64((mib+1)<<20) <= float64(limit.Value())*ratio {
+		t.Errorf("%s: GOMEMLIMIT %s is not %.2f of the %s limit", owner, got[0], ratio, limit)
+	}
+}
+
+// TestGoMemLimit: GOMEMLIMIT follows each container's memory limit, in
+// the units Kubernetes accepts; a ratio of 0 or a GOMEMLIMIT of the
+// operator's own (extraEnv) leaves it to them; a limit it cannot read fails
+// the render instead of going unbounded.
+func TestGoMemLimit(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		ratio float64
+		want  string // the serve container's, when not derived by checkGoMemLimit
+	}{
+		{name: "default 512Mi", ratio: 0.9},
+		{name: "1Gi", args: []string{"--set", "resources.limits.memory=1Gi"}, ratio: 0.9},
+		{name: "decimal units", args: []string{"--set", "resources.limits.memory=600M"}, ratio: 0.9},
+		{name: "plain bytes", args: []string{"--set", "resources.limits.memory=536870912"}, ratio: 0.9},
+		{name: "ratio", args: []string{"--set-json", "goMemLimitRatio=0.75"}, ratio: 0.75},
+		{name: "off", args: []string{"--set", "goMemLimitRatio=0"}, ratio: 0},
+		{name: "no limit", args: []string{"--set", "resources.limits=null", "--show-only", "templates/deployment.yaml"}, ratio: 0.9},
+		{name: "extraEnv wins", args: []string{"--set-json", `extraEnv=[{"name":"GOMEMLIMIT","value":"300MiB"}]`}, want: "300MiB"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := template(t, append(tc.args, "--set", "backfillCronJob.enabled=true,secrets.stripeApiKey=sk_test_placeholder")...)
+			if tc.want != "" {
+				_, c := serveContainer(t, r)
+				var got []string
+				for _, e := range c.Env {
+					if e.Name == "GOMEMLIMIT" {
+						got = append(got, e.Value)
+					}
+				}
+				if len(got) != 1 || got[0] != tc.want {
+					t.Errorf("GOMEMLIMIT = %v, want only %s", got, tc.want)
+				}
+				return
+			}
+			for owner, pod := range podSpecs(r) {
+				checkGoMemLimit(t, owner, pod.Containers[0], tc.ratio)
+			}
+			if tc.name == "default 512Mi" {
+				if _, c := serveContainer(t, r); len(c.Env) == 0 || c.Env[0].Value != "460MiB" {
+					t.Errorf("serve env = %v, want GOMEMLIMIT 460MiB", c.Env)
+				}
+			}
+		})
+	}
+	if _, err := runHelm(t, "template", release, chartDir, "--kube-version", kubeVersion, "--set", "resources.limits.memory=half"); err == nil ||
+		!strings.Contains(err.Error(), "GOMEMLIMIT") {
+		t.Errorf("a memory limit GOMEMLIMIT cannot be derived from renders: %v", err)
 	}
 }
 
@@ -628,7 +724,7 @@ func checkDefault(t *testing.T, r rendered) {
 	}{
 		{"liveness", c.LivenessProbe, "/healthz"},
 		{"readiness", c.ReadinessProbe, "/readyz"},
-		{"startup", c.StartupProbe, "/healthz"},
+		{"startup", c.StartupProbe, "/readyz"},
 	} {
 		if p.probe == nil || p.probe.HTTPGet == nil {
 			t.Errorf("no %s httpGet probe", p.name)
@@ -666,10 +762,13 @@ func checkDefault(t *testing.T, r rendered) {
 		t.Errorf("Service ports = %v", svcPorts)
 	}
 
+	checkStartupProbe(t, c)
+
 	pdb := one[policyv1.PodDisruptionBudget](t, r)
 	if !labelsMatch(pdb.Spec.Selector, d.Spec.Template.Labels) {
 		t.Error("the PodDisruptionBudget does not select the serve pods")
 	}
+	checkDrainable(t, pdb, int(*d.Spec.Replicas))
 	np := one[networkingv1.NetworkPolicy](t, r)
 	checkNetworkPolicy(t, np, d.Spec.Template.Labels)
 
@@ -680,10 +779,15 @@ func checkDefault(t *testing.T, r rendered) {
 	if args := mj.Spec.Template.Spec.Containers[0].Args; args[0] != "migrate" {
 		t.Errorf("migrate Job args = %v", args)
 	}
-	for _, k := range []string{"CronJob", "Ingress", "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule"} {
+	for _, k := range []string{"Ingress", "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule"} {
 		if slices.Contains(r.kinds(), k) {
 			t.Errorf("%s rendered by default; it is optional", k)
 		}
+	}
+	// The weekly sweep is on, but without an API key there is nothing to
+	// sweep with (TestSweepEveryProvider renders it with keys).
+	if slices.Contains(r.kinds(), "CronJob") {
+		t.Error("a sweep CronJob without any API key")
 	}
 	if n := len(all[batchv1.Job](r)); n != 1 {
 		t.Errorf("%d Jobs by default, want only the migration", n)
@@ -754,6 +858,11 @@ func checkExistingSecret(t *testing.T, r rendered) {
 	if !strings.HasSuffix(c.Image, ":1.2.3") {
 		t.Errorf("image = %s, want tag 1.2.3", c.Image)
 	}
+	// Both providers' keys are there, so by default both are swept weekly.
+	if got := sweptProviders(sweeps(t, r)); !slices.Equal(got, []string{"orb", "stripe"}) {
+		t.Errorf("swept by default: %v, want orb and stripe", got)
+	}
+	checkOneBudget(t, r, "50")
 
 	mj := migrateJob(t, r)
 	checkSecretFiles(t, "migrate", &mj.Spec.Template.Spec, mj.Spec.Template.Spec.Containers[0],
@@ -803,6 +912,8 @@ func checkMonitoring(t *testing.T, r rendered) {
 	if hpa.Spec.ScaleTargetRef.Name != d.Name || hpa.Spec.MinReplicas == nil || *hpa.Spec.MinReplicas < 2 {
 		t.Errorf("HPA = %+v", hpa.Spec)
 	}
+	checkHPAOnCPU(t, hpa, 60)
+	checkDrainable(t, one[policyv1.PodDisruptionBudget](t, r), int(*hpa.Spec.MinReplicas))
 
 	ing := one[networkingv1.Ingress](t, r)
 	for _, rule := range ing.Spec.Rules {
@@ -870,6 +981,11 @@ func mustRaw(t *testing.T, r rendered, kind string) []byte {
 
 func checkCronJob(t *testing.T, r rendered) {
 	cj := one[batchv1.CronJob](t, r)
+	// Stripe's CronJob keeps the name it had before there was one per
+	// provider (runbooks create Jobs from it).
+	if cj.Name != release+"-syncd-full-backfill" || cj.Labels["syncd.io/provider"] != "stripe" {
+		t.Errorf("CronJob %s labelled %v, want %s-syncd-full-backfill for stripe", cj.Name, cj.Labels, release)
+	}
 	if cj.Spec.Schedule != "30 2 * * 6" || cj.Spec.ConcurrencyPolicy != batchv1.ForbidConcurrent {
 		t.Errorf("CronJob schedule %q policy %q", cj.Spec.Schedule, cj.Spec.ConcurrencyPolicy)
 	}
@@ -977,6 +1093,7 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		"unknown-key":            "replicas",
 		"bad-log-format":         "logFormat",
 		"backfill-without-since": "since",
+		"sweep-unknown-provider": "providers",
 	}
 	for _, f := range files {
 		name := cmp(f, "")
@@ -993,6 +1110,534 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 	// The same mistake on the command line.
 	if _, err := runHelm(t, "template", release, chartDir, "--kube-version", kubeVersion, "--set-string", "replicaCount=2"); err == nil {
 		t.Error("replicaCount given as a string is accepted")
+	}
+}
+
+// --- the chart keeps the promises of docs/operations.md, "Scale" ---
+
+// checkStartupProbe: the startup probe asks /readyz, so a pod counts as
+// started once it serves (ClickHouse reached, schema current, intake log
+// replayed), not merely once the process runs, which is all /healthz says;
+// it allows long enough that a start slowed by ClickHouse is not killed
+// over and over. Liveness stays on /healthz, which never asks ClickHouse:
+// an outage must not restart pods that are running.
+func checkStartupProbe(t *testing.T, c corev1.Container) {
+	t.Helper()
+	sp, lp := c.StartupProbe, c.LivenessProbe
+	if sp == nil || sp.HTTPGet == nil || sp.HTTPGet.Path != "/readyz" {
+		t.Fatalf("startup probe = %+v, want /readyz", sp)
+	}
+	window := time.Duration(sp.PeriodSeconds*sp.FailureThreshold) * time.Second
+	if window < 5*time.Minute {
+		t.Errorf("startup probe gives a pod %v to become ready; a ClickHouse that is slow to answer would restart it over and over", window)
+	}
+	if window != 10*time.Minute {
+		t.Errorf("startup window %v; values.yaml and the README say 10 minutes", window)
+	}
+	if sp.TimeoutSeconds < 3 {
+		t.Errorf("startup probe timeout %ds is below /readyz's 2 s ClickHouse ping", sp.TimeoutSeconds)
+	}
+	if lp == nil || lp.HTTPGet == nil || lp.HTTPGet.Path != "/healthz" {
+		t.Errorf("liveness probe = %+v, want /healthz (never restart a running pod because ClickHouse is down)", lp)
+	}
+}
+
+func TestStartupProbe(t *testing.T) {
+	_, c := serveContainer(t, template(t, "--show-only", "templates/deployment.yaml"))
+	checkStartupProbe(t, c)
+	_, c = serveContainer(t, template(t, "--show-only", "templates/deployment.yaml", "--set", "startupProbe.enabled=false"))
+	if c.StartupProbe != nil {
+		t.Error("startupProbe.enabled=false still renders a startup probe")
+	}
+	if c.LivenessProbe == nil || c.LivenessProbe.HTTPGet.Path != "/healthz" {
+		t.Errorf("liveness = %+v", c.LivenessProbe)
+	}
+}
+
+// allowedDisruptions is what the disruption controller allows with every one
+// of pods healthy (k8s.io/kubernetes/pkg/controller/disruption).
+func allowedDisruptions(t *testing.T, pdb *policyv1.PodDisruptionBudget, pods int) int {
+	t.Helper()
+	var healthy int // the pods the budget keeps
+	switch {
+	case pdb.Spec.MaxUnavailable != nil:
+		n, err := intstr.GetScaledValueFromIntOrPercent(pdb.Spec.MaxUnavailable, pods, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		healthy = pods - n
+	case pdb.Spec.MinAvailable != nil:
+		n, err := intstr.GetScaledValueFromIntOrPercent(pdb.Spec.MinAvailable, pods, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		healthy = n
+	default:
+		t.Fatal("PodDisruptionBudget with neither maxUnavailable nor minAvailable")
+	}
+	return max(pods-max(healthy, 0), 0)
+}
+
+// checkDrainable: with pods serve pods, a node drain may evict one (it
+// never waits forever), and with more than one, not all at once.
+func checkDrainable(t *testing.T, pdb *policyv1.PodDisruptionBudget, pods int) {
+	t.Helper()
+	n := allowedDisruptions(t, pdb, pods)
+	if n < 1 {
+		t.Errorf("with %d serve pods the PodDisruptionBudget %+v allows no eviction: a node drain would wait forever", pods, pdb.Spec)
+	}
+	if pods > 1 && n >= pods {
+		t.Errorf("with %d serve pods the PodDisruptionBudget allows evicting all of them at once", pods)
+	}
+}
+
+// TestDisruptionBudgetAllowsADrain: whatever the replicas, the rendered
+// PodDisruptionBudget lets a node drain proceed; a budget that could not is
+// refused at render time rather than discovered during a node upgrade.
+func TestDisruptionBudgetAllowsADrain(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		set  string
+		pods int
+	}{
+		{"default", "", 2},
+		{"one replica", "replicaCount=1", 1},
+		{"three replicas", "replicaCount=3", 3},
+		{"autoscaling", "autoscaling.enabled=true", 2},
+		{"autoscaling from one", "autoscaling.enabled=true,autoscaling.minReplicas=1", 1},
+		{"percentage, one replica", "replicaCount=1,podDisruptionBudget.maxUnavailable=25%", 1},
+		{"minAvailable below the replicas", "podDisruptionBudget.maxUnavailable=null,podDisruptionBudget.minAvailable=1", 2},
+		{"minAvailable percentage", "replicaCount=4,podDisruptionBudget.maxUnavailable=null,podDisruptionBudget.minAvailable=50%", 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := []string{"--show-only", "templates/pdb.yaml", "--show-only", "templates/deployment.yaml"}
+			if tc.set != "" {
+				args = append(args, "--set", tc.set)
+			}
+			r := template(t, args...)
+			d, _ := serveContainer(t, r)
+			if d.Spec.Replicas != nil && int(*d.Spec.Replicas) != tc.pods {
+				t.Fatalf("replicas = %d, want %d", *d.Spec.Replicas, tc.pods)
+			}
+			pdb := one[policyv1.PodDisruptionBudget](t, r)
+			if pdb.Spec.MaxUnavailable != nil && pdb.Spec.MinAvailable != nil {
+				t.Error("both maxUnavailable and minAvailable: the API server refuses that")
+			}
+			checkDrainable(t, pdb, tc.pods)
+			if tc.name == "default" && (pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.String() != "1") {
+				t.Errorf("default PodDisruptionBudget = %+v, want maxUnavailable 1", pdb.Spec)
+			}
+		})
+	}
+	for _, set := range []string{
+		"replicaCount=1,podDisruptionBudget.maxUnavailable=null,podDisruptionBudget.minAvailable=1",
+		"autoscaling.enabled=true,autoscaling.minReplicas=1,podDisruptionBudget.maxUnavailable=null,podDisruptionBudget.minAvailable=1",
+		"podDisruptionBudget.maxUnavailable=0",
+		"replicaCount=3,podDisruptionBudget.maxUnavailable=null,podDisruptionBudget.minAvailable=67%",
+		"podDisruptionBudget.maxUnavailable=null,podDisruptionBudget.minAvailable=null",
+	} {
+		if _, err := runHelm(t, "template", release, chartDir, "--kube-version", kubeVersion, "--set", set); err == nil ||
+			!strings.Contains(err.Error(), "podDisruptionBudget") {
+			t.Errorf("a PodDisruptionBudget that blocks every drain renders (%s): %v", set, err)
+		}
+	}
+	if r := template(t, "--set", "podDisruptionBudget.enabled=false"); slices.Contains(r.kinds(), "PodDisruptionBudget") {
+		t.Error("podDisruptionBudget.enabled=false still renders one")
+	}
+}
+
+// checkHPAOnCPU: the autoscaler follows CPU utilisation (webhook intake is
+// CPU-bound) and nothing else.
+func checkHPAOnCPU(t *testing.T, hpa *autoscalingv2.HorizontalPodAutoscaler, target int32) {
+	t.Helper()
+	if len(hpa.Spec.Metrics) != 1 {
+		t.Fatalf("HPA metrics = %+v, want CPU utilisation only", hpa.Spec.Metrics)
+	}
+	m := hpa.Spec.Metrics[0]
+	if m.Type != autoscalingv2.ResourceMetricSourceType || m.Resource == nil || m.Resource.Name != corev1.ResourceCPU ||
+		m.Resource.Target.Type != autoscalingv2.UtilizationMetricType || m.Resource.Target.AverageUtilization == nil ||
+		*m.Resource.Target.AverageUtilization != target {
+		t.Errorf("HPA metric = %+v, want CPU at %d%% utilisation", m, target)
+	}
+}
+
+// TestAutoscaling: off by default; when on, on CPU against the pods' CPU
+// request, and never without a metric (an HPA without one falls back to
+// a CPU target nobody chose).
+func TestAutoscaling(t *testing.T) {
+	if slices.Contains(template(t).kinds(), "HorizontalPodAutoscaler") {
+		t.Fatal("an HPA by default")
+	}
+	r := template(t, "--set", "autoscaling.enabled=true")
+	d, c := serveContainer(t, r)
+	if d.Spec.Replicas != nil {
+		t.Error("the Deployment sets replicas although the HPA owns them")
+	}
+	if c.Resources.Requests.Cpu().IsZero() {
+		t.Error("no CPU request: CPU utilisation has nothing to be a share of")
+	}
+	hpa := one[autoscalingv2.HorizontalPodAutoscaler](t, r)
+	if hpa.Spec.ScaleTargetRef.Kind != "Deployment" || hpa.Spec.ScaleTargetRef.Name != d.Name {
+		t.Errorf("HPA scales %+v", hpa.Spec.ScaleTargetRef)
+	}
+	checkHPAOnCPU(t, hpa, 70)
+	for _, tc := range []struct{ set, want string }{
+		{"autoscaling.enabled=true,autoscaling.targetCPUUtilizationPercentage=null", "needs a metric"},
+		{"autoscaling.enabled=true,resources.requests.cpu=null", "resources.requests.cpu"},
+		{"autoscaling.enabled=true,autoscaling.minReplicas=4,autoscaling.maxReplicas=3", "minReplicas"},
+	} {
+		if _, err := runHelm(t, "template", release, chartDir, "--kube-version", kubeVersion, "--set", tc.set); err == nil ||
+			!strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s renders, or fails without saying %q: %v", tc.set, tc.want, err)
+		}
+	}
+}
+
+// sweeps returns the full-backfill CronJobs by the provider they sweep,
+// checking each one's command.
+func sweeps(t *testing.T, r rendered) map[string]*batchv1.CronJob {
+	t.Helper()
+	out := map[string]*batchv1.CronJob{}
+	for _, cj := range all[batchv1.CronJob](r) {
+		c := cj.Spec.JobTemplate.Spec.Template.Spec.Containers[0]
+		p, _ := flagValue(c.Args, "provider")
+		if c.Args[0] != "backfill" || !hasArg(c.Args, "--full") || p == "" {
+			t.Errorf("CronJob %s runs %v, want backfill --full --provider=…", cj.Name, c.Args)
+		}
+		if cj.Labels["syncd.io/provider"] != p {
+			t.Errorf("CronJob %s sweeps %s but is labelled %q", cj.Name, p, cj.Labels["syncd.io/provider"])
+		}
+		if out[p] != nil {
+			t.Errorf("two CronJobs sweep %s", p)
+		}
+		out[p] = cj
+		if len(cj.Name) > 52 {
+			t.Errorf("CronJob name %q is longer than 52 characters", cj.Name)
+		}
+	}
+	return out
+}
+
+func sweptProviders(m map[string]*batchv1.CronJob) []string {
+	var ps []string
+	for p := range m {
+		ps = append(ps, p)
+	}
+	slices.Sort(ps)
+	return ps
+}
+
+// checkSweepBoth: with both providers on, each gets a weekly sweep of its
+// own, with only its own API key, and every pod spends the same budget.
+func checkSweepBoth(t *testing.T, r rendered) {
+	s := sweeps(t, r)
+	if got := sweptProviders(s); !slices.Equal(got, []string{"orb", "stripe"}) {
+		t.Fatalf("swept providers = %v, want orb and stripe", got)
+	}
+	if s["orb"].Name != release+"-syncd-full-backfill-orb" || s["stripe"].Name != release+"-syncd-full-backfill" {
+		t.Errorf("CronJob names %s, %s", s["stripe"].Name, s["orb"].Name)
+	}
+	for p, key := range map[string]string{"stripe": "stripe-api-key", "orb": "orb-api-key"} {
+		pod := &s[p].Spec.JobTemplate.Spec.Template.Spec
+		c := pod.Containers[0]
+		checkSecretFiles(t, "sweep "+p, pod, c, map[string]string{key: key})
+		other := map[string]string{"stripe": "--orb-", "orb": "--stripe-"}[p]
+		for _, a := range c.Args {
+			if strings.HasPrefix(a, other) {
+				t.Errorf("the %s sweep gets the other provider's flag %s", p, a)
+			}
+		}
+	}
+	checkOneBudget(t, r, "50")
+}
+
+// checkOneBudget: every pod that spends an API budget (serve, backfill) is
+// given the same --rate-limit, the fleet's: the processes split it among
+// themselves, so a pod given another value would upset the split.
+func checkOneBudget(t *testing.T, r rendered, want string) {
+	t.Helper()
+	for owner, pod := range podSpecs(r) {
+		c := pod.Containers[0]
+		if c.Args[0] == "migrate" {
+			continue
+		}
+		if got, _ := flagValue(c.Args, "rate-limit"); got != want {
+			t.Errorf("%s: --rate-limit = %q, want the fleet's %q", owner, got, want)
+		}
+	}
+}
+
+// TestSweepEveryProvider: the periodic full sweep covers every provider
+// that is configured, Orb included, and refuses one it has no key for.
+func TestSweepEveryProvider(t *testing.T) {
+	// The sweep is on by default: no value here turns it on.
+	stripeKey := "secrets.stripeApiKey=sk_test_placeholder"
+	orbKey := "orb.enabled=true,secrets.orbApiKey=orb_placeholder"
+	for _, tc := range []struct {
+		name string
+		sets []string
+		want []string
+	}{
+		{"stripe only", []string{stripeKey}, []string{"stripe"}},
+		{"orb configured", []string{stripeKey, orbKey}, []string{"orb", "stripe"}},
+		{"orb webhooks without an orb key", []string{stripeKey, "orb.enabled=true,secrets.orbWebhookSecret=orb_whsec"}, []string{"stripe"}},
+		{"orb key but orb off", []string{stripeKey, "secrets.orbApiKey=orb_placeholder"}, []string{"stripe"}},
+		{"orb alone", []string{"stripe.enabled=false", orbKey}, []string{"orb"}},
+		{"listed", []string{stripeKey, orbKey, "backfillCronJob.providers={orb}"}, []string{"orb"}},
+		{"deprecated provider", []string{stripeKey, orbKey, "backfillCronJob.provider=orb"}, []string{"orb"}},
+		{"existing Secret", []string{"secrets.existingSecret=creds,orb.enabled=true"}, []string{"orb", "stripe"}},
+		{"off", []string{stripeKey, orbKey, "backfillCronJob.enabled=false"}, nil},
+		{"no key at all", []string{"secrets.clickhouseDSN=clickhouse://syncd:password@clickhouse:9000/syncd"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var args []string
+			for _, s := range tc.sets {
+				args = append(args, "--set", s)
+			}
+			r := template(t, args...)
+			checkCommon(t, r)
+			s := sweeps(t, r)
+			if got := sweptProviders(s); !slices.Equal(got, tc.want) {
+				t.Fatalf("swept providers = %v, want %v", got, tc.want)
+			}
+			if cj := s["orb"]; cj != nil {
+				c := cj.Spec.JobTemplate.Spec.Template.Spec.Containers[0]
+				if !hasArg(c.Args, "--provider=orb") || !hasArg(c.Args, "--orb-api-key-file="+secretDir+"/orb-api-key") {
+					t.Errorf("Orb sweep args = %v", c.Args)
+				}
+			}
+		})
+	}
+
+	long := strings.Repeat("x", 63)
+	s := sweeps(t, template(t, "--set", stripeKey, "--set", orbKey, "--set", "fullnameOverride="+long))
+	if len(s) != 2 || s["orb"].Name == s["stripe"].Name {
+		t.Errorf("with a 63-character fullname: %v", s)
+	}
+
+	for _, tc := range []struct {
+		name string
+		sets []string
+		want string
+	}{
+		{"orb listed without its key", []string{stripeKey, "backfillCronJob.providers={stripe,orb}"}, "no orb API key"},
+		{"provider and providers", []string{stripeKey, orbKey, "backfillCronJob.provider=orb,backfillCronJob.providers={stripe}"}, "not both"},
+		{"unknown provider", []string{stripeKey, "backfillCronJob.provider=paypal"}, "provider"},
+		{"listed twice", []string{stripeKey, "backfillCronJob.providers={stripe,stripe}"}, "providers"},
+	} {
+		t.Run("refused/"+tc.name, func(t *testing.T) {
+			args := []string{"template", release, chartDir, "--kube-version", kubeVersion}
+			for _, s := range tc.sets {
+				args = append(args, "--set", s)
+			}
+			if _, err := runHelm(t, args...); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("renders, or fails without saying %q: %v", tc.want, err)
+			}
+		})
+	}
+}
+
+// TestBudgetIsTheFleets: the rate limit the chart documents is the one the
+// processes share (docs/operations.md, "Scale"), and every pod that spends
+// it gets the same value.
+func TestBudgetIsTheFleets(t *testing.T) {
+	r := template(t, "--set", "config.rateLimit=30,secrets.existingSecret=creds,orb.enabled=true,replicaCount=3")
+	if n := len(all[batchv1.CronJob](r)); n != 2 {
+		t.Fatalf("%d CronJobs, want one per provider", n)
+	}
+	checkOneBudget(t, r, "30")
+	if _, c := serveContainer(t, template(t, "--show-only", "templates/deployment.yaml")); hasArg(c.Args, "--rate-limit") {
+		t.Errorf("a --rate-limit by default: %v", c.Args)
+	}
+
+	docs := readValueDocs(t)
+	rate := docs["config.rateLimit"]
+	for _, want := range []string{"whole fleet", "not per pod", "backfill", "equal share"} {
+		if !strings.Contains(rate.desc, want) {
+			t.Errorf("config.rateLimit's description does not say %q: %s", want, rate.desc)
+		}
+	}
+	for _, f := range []string{filepath.Join(chartDir, "values.yaml"), filepath.Join(chartDir, "README.md")} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, stale := range []string{"its own budget", "per pod)", "| `minAvailable: 1` |", "startup and liveness `/healthz`"} {
+			if bytes.Contains(b, []byte(stale)) {
+				t.Errorf("%s still says %q", f, stale)
+			}
+		}
+	}
+}
+
+// --- the README's table of values ---
+
+var updateReadme = flag.Bool("update-readme", false, "rewrite the values table of the chart README from values.yaml")
+
+type valueDoc struct{ key, def, desc string }
+
+// readValueDocs reads the `# --` comments of values.yaml: each documents the
+// key that follows it (its path from the indentation), continued by the
+// comment lines up to that key.
+func readValueDocs(t *testing.T) map[string]valueDoc {
+	t.Helper()
+	docs := map[string]valueDoc{}
+	for _, d := range valueDocList(t) {
+		docs[d.key] = d
+	}
+	return docs
+}
+
+func valueDocList(t *testing.T) []valueDoc {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(chartDir, "values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var values map[string]any
+	if err := yaml.Unmarshal(raw, &values); err != nil {
+		t.Fatal(err)
+	}
+	keyLine := regexp.MustCompile(`^( *)([A-Za-z0-9_]+):`)
+	type level struct {
+		indent int
+		key    string
+	}
+	var (
+		stack   []level
+		desc    []string
+		inDesc  bool
+		docs    []valueDoc
+		current = func() string {
+			var ks []string
+			for _, l := range stack {
+				ks = append(ks, l.key)
+			}
+			return strings.Join(ks, ".")
+		}
+	)
+	for _, line := range strings.Split(string(raw), "\n") {
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(trimmed, "# --"):
+			desc, inDesc = []string{strings.TrimSpace(strings.TrimPrefix(trimmed, "# --"))}, true
+		case strings.HasPrefix(trimmed, "#"):
+			if inDesc {
+				desc = append(desc, strings.TrimSpace(strings.TrimPrefix(trimmed, "#")))
+			}
+		default:
+			m := keyLine.FindStringSubmatch(line)
+			if m == nil {
+				continue
+			}
+			indent := len(m[1])
+			for len(stack) > 0 && stack[len(stack)-1].indent >= indent {
+				stack = stack[:len(stack)-1]
+			}
+			stack = append(stack, level{indent, m[2]})
+			if inDesc {
+				key := current()
+				docs = append(docs, valueDoc{key: key, def: defaultCell(t, values, key), desc: strings.Join(desc, " ")})
+			}
+			desc, inDesc = nil, false
+		}
+	}
+	return docs
+}
+
+// defaultCell is how the README shows a default: scalars and lists of
+// scalars as YAML flow, anything larger as "see values.yaml".
+func defaultCell(t *testing.T, values map[string]any, key string) string {
+	t.Helper()
+	var v any = values
+	for _, k := range strings.Split(key, ".") {
+		m, ok := v.(map[string]any)
+		if !ok {
+			t.Fatalf("values.yaml: %s is not under a map", key)
+		}
+		if v, ok = m[k]; !ok {
+			t.Fatalf("values.yaml documents %s, which it does not hold", key)
+		}
+	}
+	scalar := func(v any) (string, bool) {
+		switch v := v.(type) {
+		case nil:
+			return "null", true
+		case bool:
+			return strconv.FormatBool(v), true
+		case float64:
+			return strconv.FormatFloat(v, 'f', -1, 64), true
+		case string:
+			b, _ := json.Marshal(v)
+			return string(b), true
+		}
+		return "", false
+	}
+	if s, ok := scalar(v); ok {
+		return "`" + s + "`"
+	}
+	switch v := v.(type) {
+	case []any:
+		var items []string
+		for _, it := range v {
+			s, ok := scalar(it)
+			if !ok {
+				return "see values.yaml"
+			}
+			items = append(items, s)
+		}
+		return "`[" + strings.Join(items, ", ") + "]`"
+	case map[string]any:
+		if len(v) == 0 {
+			return "`{}`"
+		}
+	}
+	return "see values.yaml"
+}
+
+// TestReadmeValuesTable: the README's table of values is exactly what
+// values.yaml documents, key by key (go test -run TestReadmeValuesTable
+// -update-readme rewrites it).
+func TestReadmeValuesTable(t *testing.T) {
+	var want []string
+	for _, d := range valueDocList(t) {
+		want = append(want, fmt.Sprintf("| `%s` | %s | %s |", d.key, d.def, strings.ReplaceAll(d.desc, "|", `\|`)))
+	}
+	path := filepath.Join(chartDir, "README.md")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(b), "\n")
+	header := slices.Index(lines, "| key | default | description |")
+	if header < 0 || header+1 >= len(lines) || lines[header+1] != "|---|---|---|" {
+		t.Fatal("README has no values table (| key | default | description |)")
+	}
+	start := header + 2
+	end := start
+	for end < len(lines) && strings.HasPrefix(lines[end], "|") {
+		end++
+	}
+	got := lines[start:end]
+	if *updateReadme {
+		out := slices.Concat(lines[:start], want, lines[end:])
+		if err := os.WriteFile(path, []byte(strings.Join(out, "\n")), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	for i := 0; i < max(len(got), len(want)); i++ {
+		var g, w string
+		if i < len(got) {
+			g = got[i]
+		}
+		if i < len(want) {
+			w = want[i]
+		}
+		if g != w {
+			t.Errorf("README values table row %d:\n got  %s\n want %s\n(run go test ./deploy/helm -run TestReadmeValuesTable -update-readme)", i+1, g, w)
+			return
+		}
 	}
 }
 

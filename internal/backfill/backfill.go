@@ -51,6 +51,10 @@ type Summary struct {
 	Accounts  int
 	Customers int // customers read in this run
 	Resumed   int // customers an interrupted run had already finished
+	// Deleted counts the customers a sweep listed (or --since found in an
+	// account's events) that the API then did not find (404): deleted.
+	// They are logged and skipped, not failed.
+	Deleted   int
 	Rows      int64
 	Malformed int
 	Requests  int64
@@ -63,8 +67,12 @@ func (s Summary) String() string {
 	if s.Resumed > 0 {
 		resumed = fmt.Sprintf(" (+%d finished before the restart)", s.Resumed)
 	}
-	return fmt.Sprintf("%s backfill: %d accounts, %d customers%s, %d rows, %d requests, %d retries, %s",
-		s.Mode, s.Accounts, s.Customers, resumed, s.Rows, s.Requests, s.Retries, s.Duration.Round(time.Millisecond))
+	deleted := ""
+	if s.Deleted > 0 {
+		deleted = fmt.Sprintf(" (%d deleted while the run read them: skipped)", s.Deleted)
+	}
+	return fmt.Sprintf("%s backfill: %d accounts, %d customers%s%s, %d rows, %d requests, %d retries, %s",
+		s.Mode, s.Accounts, s.Customers, resumed, deleted, s.Rows, s.Requests, s.Retries, s.Duration.Round(time.Millisecond))
 }
 
 // accountLister and changeFinder are what a source may offer beyond Lister.
@@ -155,6 +163,7 @@ type runner struct {
 	enumerated atomic.Bool
 	customers  atomic.Int64
 	resumed    atomic.Int64
+	deleted    atomic.Int64
 	rows       atomic.Int64
 	malformed  atomic.Int64
 }
@@ -193,6 +202,7 @@ func Run(ctx context.Context, o Options) (Summary, error) {
 	err := r.run(&sum)
 	sum.Customers = int(r.customers.Load())
 	sum.Resumed = int(r.resumed.Load())
+	sum.Deleted = int(r.deleted.Load())
 	sum.Rows = r.rows.Load()
 	sum.Malformed = int(r.malformed.Load())
 	if s, ok := o.Source.(statser); ok {
@@ -404,9 +414,9 @@ func (r *runner) startRun(st *acctState) error {
 		Full: r.o.Full, StartedAt: now}
 	st.done = map[string]bool{}
 	// Not waited for here: the first request goes out now, not after an
-	// insert (and the sink's linger). Nothing depends on the row but the
-	// next run's choice between resuming this sweep and starting a new
-	// one, and a new sweep reads every customer anyway. The run still
+	// insert (and the sink's linger). What depends on the row is the next
+	// run's choice between resuming this sweep and starting a new one, so
+	// no customer's checkpoint is written before it is committed. The run
 	// fails if the row cannot be written (run waits for started).
 	a, err := r.o.Sink.Write(r.ctx, runTable, st.run.row(now))
 	if err != nil {
@@ -515,9 +525,20 @@ func (r *runner) work(jobs <-chan job, out chan<- readDone) {
 			continue
 		}
 		res, err := readCustomer(r.ctx, r.src, r.o.Sink, r.o.Logger, j.acct.id, j.customer, j.since, row.SourceBackfill, nil)
-		if NotFound(err) && j.acct.run == nil {
-			// A chosen customer that is not in this account (or was deleted).
-			r.o.Logger.Info("customer not found in account; skipped", zap.String("account", j.acct.id), zap.String("customer", j.customer))
+		if NotFound(err) {
+			if len(r.o.Customers) > 0 {
+				// A customer named by --customer, looked for in every
+				// account: not this one's (or deleted).
+				r.o.Logger.Info("customer not found in account; skipped", zap.String("account", j.acct.id), zap.String("customer", j.customer))
+			} else {
+				// Listed by this sweep, or named by this account's events
+				// (--since), and gone since: deleted. Its rows stay; the
+				// customer is done.
+				r.deleted.Add(1)
+				r.o.Metrics.BackfillDeleted.WithLabelValues(r.src.Provider()).Inc()
+				r.o.Logger.Warn("customer deleted while the backfill read it; skipped", zap.String("provider", r.src.Provider()),
+					zap.String("account", j.acct.id), zap.String("customer", j.customer), zap.Error(err))
+			}
 			res, err = &readResult{newest: j.since}, nil
 		}
 		if err != nil {
@@ -560,6 +581,16 @@ func (r *runner) commitRows(in <-chan readDone, out chan<- checkpoint) {
 			acks = append(acks, a)
 		}
 		if d.acct.run != nil {
+			// A customer's checkpoint names its run: it is written only
+			// once the run's row is committed (at once after the first),
+			// so a kill never leaves checkpoints that no run row leads
+			// the next run to.
+			if st := d.acct.started; st != nil {
+				if err := st.Wait(r.ctx); err != nil {
+					r.failCommit(err)
+					continue
+				}
+			}
 			a, err := r.o.Sink.Write(r.ctx, doneTable, []any{r.src.Provider(), d.acct.id, d.acct.run.ID, d.customer,
 				uint64(d.res.rows), now.UTC()})
 			if err != nil {

@@ -105,7 +105,9 @@ func backfillSink() sink.Options {
 }
 
 // cpuTimes is CPU time used so far by this process and by the ClickHouse
-// server it started (none when the tests use SYNCD_TEST_CLICKHOUSE_DSN).
+// server it started (none when the tests use SYNCD_TEST_CLICKHOUSE_DSN): a
+// child named clickhouse-server or clickhouse, or the 26.x engine's
+// chdb-server.
 type cpuTimes struct{ self, server time.Duration }
 
 func takeCPU() cpuTimes {
@@ -137,7 +139,7 @@ func takeCPU() cpuTimes {
 		switch {
 		case pid == me:
 			c.self = ticks
-		case ppid == me && bytes.Contains(stat[:i], []byte("clickhouse")):
+		case ppid == me && (bytes.Contains(stat[:i], []byte("clickhouse")) || bytes.Contains(stat[:i], []byte("chdb"))):
 			c.server += ticks
 		}
 	}

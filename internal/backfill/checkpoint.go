@@ -53,16 +53,26 @@ func cursors(ctx context.Context, conn driver.Conn, provider, account string, cu
 	return out, rows.Err()
 }
 
-// owedRefresh is a refresh that acknowledged events still owe, and the newest of
-// those events.
-type owedRefresh struct{ account, customer, eventID string }
+// owedRefresh is a refresh that acknowledged events still owe: the newest
+// of those events and when it arrived.
+type owedRefresh struct {
+	account, customer, eventID string
+	received                   time.Time
+}
 
 // owedRefreshes returns the (account, customer) pairs named by trigger
 // events received in the last window whose newest event arrived after the
-// customer's last recorded refresh (or that were never refreshed).
-func owedRefreshes(ctx context.Context, conn driver.Conn, window time.Duration) ([]owedRefresh, error) {
+// customer's last recorded refresh (or that were never refreshed). recent
+// narrows the events read to those created in the last two hours, which
+// the sort key (created, id) makes cheap to find: for a look at the last
+// seconds, where a retried old event can wait for the next full look.
+func owedRefreshes(ctx context.Context, conn driver.Conn, window time.Duration, recent bool) ([]owedRefresh, error) {
 	secs := int64(window / time.Second)
-	rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT account_id, customer, last_event FROM (
+	created := 2 * secs
+	if recent {
+		created = int64(2 * time.Hour / time.Second)
+	}
+	rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT account_id, customer, last_event, last_received FROM (
 			SELECT account_id, customer, max(received_at) AS last_received, argMax(id, (received_at, id)) AS last_event
 			FROM stripe_events
 			WHERE customer != '' AND created >= now() - %d AND received_at >= now() - %d
@@ -72,7 +82,7 @@ func owedRefreshes(ctx context.Context, conn driver.Conn, window time.Duration) 
 			FROM stripe_refreshes
 			GROUP BY account_id, customer
 		) AS refreshed USING (account_id, customer)
-		WHERE last_received > through`, 2*secs, secs))
+		WHERE last_received > through`, created, secs))
 	if err != nil {
 		return nil, fmt.Errorf("find refreshes owed by acknowledged events: %w", err)
 	}
@@ -80,7 +90,7 @@ func owedRefreshes(ctx context.Context, conn driver.Conn, window time.Duration) 
 	var out []owedRefresh
 	for rows.Next() {
 		var o owedRefresh
-		if err := rows.Scan(&o.account, &o.customer, &o.eventID); err != nil {
+		if err := rows.Scan(&o.account, &o.customer, &o.eventID, &o.received); err != nil {
 			return nil, fmt.Errorf("find refreshes owed by acknowledged events: %w", err)
 		}
 		out = append(out, o)

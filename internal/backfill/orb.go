@@ -65,6 +65,9 @@ func (s *OrbSource) Provider() string { return providerOrb }
 // RateLimit is the configured requests per second (0: unlimited).
 func (s *OrbSource) RateLimit() float64 { return s.limit }
 
+// Share spends a 1/n share of the configured rate limit (see StripeSource).
+func (s *OrbSource) Share(n int) { share(s.limiter, s.limit, n) }
+
 // Stats reports the HTTP requests sent (retries included) and the retries.
 func (s *OrbSource) Stats() (requests, retries int64) {
 	return s.requests.Load(), s.retries.Load()

@@ -2,6 +2,10 @@ package backfill
 
 import (
 	"context"
+	"errors"
+	"math"
+	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -20,7 +24,11 @@ type RefresherOptions struct {
 	Conn    driver.Conn // reads cursors and the intake log
 	Metrics *metrics.Metrics
 	Logger  *zap.Logger
-	Workers int // concurrent refreshes [8]
+	// Workers caps the refreshes in flight at once. 0 (the default): as
+	// many as keep the rate limit busy, by Little's law: this process's
+	// share of the limit × the time a refresh takes (measured) × 1.5, plus
+	// 2, between 4 and 256. The limiter, not this, bounds the request rate.
+	Workers int
 
 	// RetryInitial and RetryMax bound the delay before a failed refresh is
 	// tried again [1s, 1m]. A failed refresh is never dropped.
@@ -31,6 +39,31 @@ type RefresherOptions struct {
 	// OwedWindow is how far back Run looks for refreshes owed by
 	// acknowledged events [72h: Stripe retries webhooks for 3 days].
 	OwedWindow time.Duration
+
+	// Owner, when set, decides which customers this process refreshes (and
+	// which thin events' objects it reads): a mark for a customer it does
+	// not own is left to the owner, which finds the acknowledged event in
+	// ClickHouse. nil: this process owns everything.
+	Owner Owner
+	// RecentInterval is how often trigger events received since the last
+	// look are read from ClickHouse [2s]: what another process received
+	// for a customer this one owns. SweepInterval is how often every
+	// refresh still owed in OwedWindow is [15s]: what a process that died
+	// had queued, whoever received it. Both run from Run's start.
+	RecentInterval, SweepInterval time.Duration
+	// MaxCursors bounds the incremental cursors kept in memory [100,000];
+	// past it one is forgotten and read again from ClickHouse when needed.
+	MaxCursors int
+	// Park is how long an account is left alone after a refresh of it
+	// failed with a permanent error, 401 or 403 (a revoked key, a
+	// disconnected Connect account) [1h]; its marks meanwhile are dropped.
+	Park time.Duration
+}
+
+// Owner tells whether this process owns a key: "account/customer" for a
+// refresh, "account/type/id" for a thin event's related object.
+type Owner interface {
+	Owns(key string) bool
 }
 
 // Refresher re-reads the balance transactions of customers marked dirty by
@@ -46,7 +79,10 @@ type Refresher struct {
 	ready   []refreshKey
 	running int
 	cursors map[refreshKey]string // newest id held, once read or written
+	parked  map[string]time.Time  // account → until when its marks are dropped
+	took    time.Duration         // moving average of a refresh's duration
 	wake    chan struct{}
+	sweep   chan struct{} // a full sweep now (the fleet changed)
 
 	// Thin events' related objects whose customer is to be read, with the
 	// events that referred to each (MarkRelated).
@@ -57,9 +93,12 @@ type Refresher struct {
 
 type refreshKey struct{ account, customer string }
 
+func (k refreshKey) String() string { return k.account + "/" + k.customer }
+
 type dirty struct {
 	since        time.Time // the oldest mark this entry's next completion covers
 	eventID      string    // the newest mark's event: the rows' _event_id
+	through      time.Time // while running: the events this refresh covers
 	running      bool
 	queued       bool // in ready
 	again        bool // marked while running: refresh once more
@@ -70,9 +109,6 @@ type dirty struct {
 
 // NewRefresher returns a Refresher; Run starts it.
 func NewRefresher(o RefresherOptions) *Refresher {
-	if o.Workers <= 0 {
-		o.Workers = 8
-	}
 	if o.Metrics == nil {
 		o.Metrics = metrics.New()
 	}
@@ -91,12 +127,26 @@ func NewRefresher(o RefresherOptions) *Refresher {
 	if o.OwedWindow <= 0 {
 		o.OwedWindow = 72 * time.Hour
 	}
+	if o.RecentInterval <= 0 {
+		o.RecentInterval = 2 * time.Second
+	}
+	if o.SweepInterval <= 0 {
+		o.SweepInterval = 15 * time.Second
+	}
+	if o.MaxCursors <= 0 {
+		o.MaxCursors = 100_000
+	}
+	if o.Park <= 0 {
+		o.Park = time.Hour
+	}
 	return &Refresher{
 		o:       o,
 		retry:   Retry{Initial: o.RetryInitial, Max: o.RetryMax},
 		entries: map[refreshKey]*dirty{},
 		cursors: map[refreshKey]string{},
+		parked:  map[string]time.Time{},
 		wake:    make(chan struct{}, 1),
+		sweep:   make(chan struct{}, 1),
 
 		related:         map[relatedKey][]row.StripeEvent{},
 		relatedFailures: map[relatedKey]int{},
@@ -109,14 +159,30 @@ func NewRefresher(o RefresherOptions) *Refresher {
 // customer already queued coalesce (the newest event's id is kept), and a
 // mark during its refresh causes exactly one more.
 func (r *Refresher) MarkDirty(account, customer, eventID string) {
-	if customer == "" {
+	r.mark(refreshKey{account, customer}, eventID, time.Time{})
+}
+
+// mark queues k for the event eventID. A mark found in ClickHouse carries
+// the event's arrival: it needs no further refresh when one running now
+// already covers it. Keys of parked accounts, or owned by another process,
+// are dropped.
+func (r *Refresher) mark(k refreshKey, eventID string, received time.Time) {
+	if k.customer == "" || !r.owns(k.String()) {
 		return
 	}
-	k := refreshKey{account, customer}
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if until, ok := r.parked[k.account]; ok {
+		if now.Before(until) {
+			return
+		}
+		delete(r.parked, k.account)
+	}
 	e := r.entries[k]
+	if e != nil && e.running && !received.IsZero() && !received.After(e.through) {
+		return
+	}
 	switch {
 	case e == nil:
 		r.entries[k] = &dirty{since: now, eventID: eventID, queued: true}
@@ -129,7 +195,84 @@ func (r *Refresher) MarkDirty(account, customer, eventID string) {
 	default:
 		e.eventID = eventID
 	}
-	r.gauges()
+	r.queueGauge()
+}
+
+// maxAutoWorkers bounds the refreshes in flight when Workers is 0.
+const maxAutoWorkers = 256
+
+// concurrency is how many refreshes may be in flight now; r.mu is held.
+func (r *Refresher) concurrency() int {
+	if r.o.Workers > 0 {
+		return r.o.Workers
+	}
+	rate := math.Inf(1)
+	if r.o.Source != nil {
+		rate = r.o.Source.CurrentLimit()
+	}
+	took := r.took
+	if took == 0 {
+		took = time.Second // until measured: generous
+	}
+	n := rate*took.Seconds()*1.5 + 2
+	if math.IsInf(n, 0) || math.IsNaN(n) || n > maxAutoWorkers {
+		return maxAutoWorkers
+	}
+	return max(4, int(math.Ceil(n)))
+}
+
+// observe folds a refresh's duration into the moving average.
+func (r *Refresher) observe(d time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.took == 0 {
+		r.took = d
+		return
+	}
+	r.took += (d - r.took) / 8
+}
+
+func (r *Refresher) owns(key string) bool {
+	return r.o.Owner == nil || r.o.Owner.Owns(key)
+}
+
+// Rebalance drops the queued work this process no longer owns (the fleet
+// changed: the owner finds it in ClickHouse) and sweeps for the work it
+// now owns at once, such as a dead process's. Refreshes and reads in
+// flight finish.
+func (r *Refresher) Rebalance() {
+	r.mu.Lock()
+	ready := r.ready[:0]
+	for _, k := range r.ready {
+		if r.owns(k.String()) {
+			ready = append(ready, k)
+		} else {
+			delete(r.entries, k)
+		}
+	}
+	clear(r.ready[len(ready):])
+	r.ready = ready
+	for k, e := range r.entries {
+		if !e.running && !e.queued && !r.owns(k.String()) { // waiting to retry
+			delete(r.entries, k)
+		}
+	}
+	relReady := r.relatedReady[:0]
+	for _, k := range r.relatedReady {
+		if r.owns(k.String()) {
+			relReady = append(relReady, k)
+		} else {
+			delete(r.related, k)
+		}
+	}
+	clear(r.relatedReady[len(relReady):])
+	r.relatedReady = relReady
+	r.queueGauge()
+	r.mu.Unlock()
+	select {
+	case r.sweep <- struct{}{}:
+	default:
+	}
 }
 
 // Idle reports whether nothing is queued, waiting to retry, or running.
@@ -146,9 +289,16 @@ func (r *Refresher) signal() {
 	}
 }
 
-// gauges updates the queue depth and lag; r.mu is held.
-func (r *Refresher) gauges() {
+// queueGauge updates the queue depth; r.mu is held. O(1): it runs on every
+// mark.
+func (r *Refresher) queueGauge() {
 	r.o.Metrics.RefreshQueue.Set(float64(len(r.entries) - r.running + len(r.relatedReady)))
+}
+
+// gauges updates the queue depth and this process's lag, once a second;
+// r.mu is held.
+func (r *Refresher) gauges() {
+	r.queueGauge()
 	var oldest time.Time
 	for _, e := range r.entries {
 		if oldest.IsZero() || e.since.Before(oldest) {
@@ -174,7 +324,11 @@ func (r *Refresher) Run(ctx context.Context) error {
 	defer stopGrace()
 
 	var wg sync.WaitGroup
-	for range r.o.Workers {
+	workers := r.o.Workers
+	if workers <= 0 {
+		workers = maxAutoWorkers
+	}
+	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -186,7 +340,10 @@ func (r *Refresher) Run(ctx context.Context) error {
 				case rk != nil:
 					r.resolved(*rk, r.resolve(work, *rk))
 				default:
-					r.finish(k, r.refresh(work, k))
+					start := time.Now()
+					err := r.refresh(work, k)
+					r.observe(time.Since(start))
+					r.finish(k, err)
 				}
 			}
 		}()
@@ -194,7 +351,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		r.recoverOwed(ctx)
+		r.sweepOwed(ctx)
 	}()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -211,44 +368,112 @@ func (r *Refresher) Run(ctx context.Context) error {
 	}
 }
 
-// recoverOwed marks dirty what acknowledged events still owe, and queues
-// the related objects of thin events whose customer is still unknown,
-// retrying while ClickHouse is unreachable.
-func (r *Refresher) recoverOwed(ctx context.Context) {
-	for n := 1; ; n++ {
-		owed, err := owedRefreshes(ctx, r.o.Conn, r.o.OwedWindow)
-		var thin []row.StripeEvent
-		if err == nil {
-			thin, err = unresolvedThinEvents(ctx, r.o.Conn, r.o.OwedWindow, TriggerTypes)
-		}
-		if err == nil {
-			for _, k := range owed {
-				r.MarkDirty(k.account, k.customer, k.eventID)
-			}
-			queued := 0
-			for _, ev := range thin {
-				if typ, id, ok := thinRelated(ev.Payload); ok {
-					r.MarkRelated(ev, typ, id)
-					queued++
+// sweepOwed finds in ClickHouse, for as long as ctx lasts, the work that
+// acknowledged events owe and this process owns: every SweepInterval (and
+// at once when the fleet changes) every refresh still owed within
+// OwedWindow and every thin event whose object was never read; every
+// RecentInterval those of events received since the last look. Failures
+// (ClickHouse away) are retried at the next tick; marks coalesce with what
+// is queued, so overlap costs nothing.
+func (r *Refresher) sweepOwed(ctx context.Context) {
+	full := time.NewTicker(r.o.SweepInterval)
+	defer full.Stop()
+	recent := time.NewTicker(r.o.RecentInterval)
+	defer recent.Stop()
+	var (
+		lastFull   time.Time // zero: the first full sweep has not succeeded
+		lastRecent time.Time
+		failures   int
+	)
+	sweep := func(since time.Time, fullSweep bool) bool {
+		start := time.Now()
+		err := r.sweepOnce(ctx, since, fullSweep)
+		if err != nil {
+			if ctx.Err() == nil {
+				failures++
+				lvl := zap.DebugLevel
+				if failures == 3 {
+					lvl = zap.WarnLevel
 				}
+				r.o.Logger.Check(lvl, "cannot read owed refreshes yet; will look again").Write(zap.Error(err))
 			}
-			if len(owed) > 0 || queued > 0 {
-				r.o.Logger.Info("refreshes owed by acknowledged events queued", zap.Int("customers", len(owed)),
-					zap.Int("thin_events_to_resolve", queued))
-			}
-			return
+			return false
 		}
-		if ctx.Err() != nil {
-			return
+		failures = 0
+		if fullSweep {
+			lastFull = start
 		}
-		wait := r.retry.delay(n)
-		r.o.Logger.Warn("cannot read owed refreshes yet; retrying", zap.Duration("retry_in", wait), zap.Error(err))
+		lastRecent = start
+		return true
+	}
+	sweep(time.Time{}, true)
+	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(wait):
+		case <-r.sweep:
+			sweep(time.Time{}, true)
+		case <-full.C:
+			sweep(time.Time{}, true)
+		case <-recent.C:
+			if lastFull.IsZero() {
+				sweep(time.Time{}, true)
+				continue
+			}
+			// An event is stored before its 200 and its received_at is
+			// its arrival, up to the ack timeout earlier: look back that
+			// far and a little more.
+			sweep(lastRecent.Add(-15*time.Second), false)
 		}
 	}
+}
+
+// sweepOnce marks what is owed: since events received at or after since
+// (zero: all of OwedWindow, and the fleet-wide gauges are updated).
+func (r *Refresher) sweepOnce(ctx context.Context, since time.Time, full bool) error {
+	window := r.o.OwedWindow
+	if !full {
+		window = time.Since(since)
+	}
+	owed, err := owedRefreshes(ctx, r.o.Conn, window, !full)
+	if err != nil {
+		return err
+	}
+	thin, err := unresolvedThinEvents(ctx, r.o.Conn, window, TriggerTypes)
+	if err != nil {
+		return err
+	}
+	marked, queued := 0, 0
+	var oldest time.Time
+	for _, o := range owed {
+		if oldest.IsZero() || o.received.Before(oldest) {
+			oldest = o.received
+		}
+		k := refreshKey{o.account, o.customer}
+		if r.owns(k.String()) {
+			r.mark(k, o.eventID, o.received)
+			marked++
+		}
+	}
+	for _, ev := range thin {
+		if typ, id, ok := thinRelated(ev.Payload); ok && r.owns(relatedKey{ev.AccountID, typ, id}.String()) {
+			r.MarkRelated(ev, typ, id)
+			queued++
+		}
+	}
+	if full {
+		r.o.Metrics.RefreshOwed.Set(float64(len(owed)))
+		age := 0.0
+		if !oldest.IsZero() {
+			age = max(0, time.Since(oldest).Seconds())
+		}
+		r.o.Metrics.RefreshOwedOldest.Set(age)
+		if marked > 0 || queued > 0 {
+			r.o.Logger.Info("refreshes owed by acknowledged events queued", zap.Int("customers", marked),
+				zap.Int("thin_events_to_resolve", queued), zap.Int("owed_fleet_wide", len(owed)))
+		}
+	}
+	return nil
 }
 
 // next waits for a customer to refresh or a related object to read (rk
@@ -268,17 +493,19 @@ func (r *Refresher) next(ctx context.Context) (k refreshKey, rk *relatedKey, ok 
 			r.mu.Unlock()
 			return refreshKey{}, &rk, true
 		}
-		if len(r.ready) > 0 {
+		if len(r.ready) > 0 && r.running < r.concurrency() {
 			k := r.ready[0]
 			r.ready[0] = refreshKey{}
 			r.ready = r.ready[1:]
 			e := r.entries[k]
 			e.queued, e.running = false, true
+			// What this refresh will cover (see refresh).
+			e.through = time.Now().Truncate(time.Second).Add(-time.Second)
 			r.running++
 			if len(r.ready) > 0 {
 				r.signal()
 			}
-			r.gauges()
+			r.queueGauge()
 			r.mu.Unlock()
 			return k, nil, true
 		}
@@ -319,7 +546,20 @@ func (r *Refresher) finish(k refreshKey, err error) {
 	e := r.entries[k]
 	e.running = false
 	r.running--
-	defer r.gauges()
+	r.signal() // a slot is free
+	defer r.queueGauge()
+	if status, permanent := permanentError(err); permanent {
+		// Retrying cannot help until someone acts: park the account and
+		// say so. Its events stay owed in ClickHouse, so the sweep after
+		// the park (or another process) tries again.
+		delete(r.entries, k)
+		r.parked[k.account] = time.Now().Add(r.o.Park)
+		r.o.Metrics.RefreshParked.WithLabelValues(strconv.Itoa(status)).Inc()
+		r.o.Logger.Error("refresh failed with a permanent error; the account's refreshes are parked",
+			zap.String("account", k.account), zap.String("customer", k.customer), zap.Int("status", status),
+			zap.Duration("parked_for", r.o.Park), zap.Error(err))
+		return
+	}
 	if err != nil {
 		e.failures++
 		wait := r.retry.delay(e.failures)
@@ -363,11 +603,10 @@ func (r *Refresher) refresh(ctx context.Context, k refreshKey) error {
 	}
 	r.mu.Unlock()
 	if !known {
-		cs, err := cursors(ctx, r.o.Conn, "stripe", k.account, []string{k.customer})
-		if err != nil {
+		var err error
+		if since, err = r.readCursors(ctx, k); err != nil {
 			return err
 		}
-		since = cs[k.customer]
 	}
 	log := r.o.Logger
 	res, err := readCustomer(ctx, r.o.Source, r.o.Sink, log, k.account, k.customer, since, row.SourceRefresh, eventID)
@@ -402,10 +641,64 @@ func (r *Refresher) refresh(ctx context.Context, k refreshKey) error {
 		}
 	}
 	r.mu.Lock()
-	r.cursors[k] = res.newest
+	r.remember(k, res.newest)
 	r.mu.Unlock()
 	if res.rows > 0 {
 		log.Debug("customer refreshed", zap.String("account", k.account), zap.String("customer", k.customer), zap.Int("rows", res.rows))
 	}
 	return nil
+}
+
+// cursorPrefetch is how many queued customers' cursors one query reads.
+const cursorPrefetch = 200
+
+// readCursors reads k's cursor from ClickHouse, and in the same query those
+// of customers of k's account queued behind it whose cursors are not in
+// memory: a backlog then costs one query per cursorPrefetch refreshes, not
+// one each (ClickHouse connections, not the API, would bound the rate).
+func (r *Refresher) readCursors(ctx context.Context, k refreshKey) (string, error) {
+	want := []string{k.customer}
+	r.mu.Lock()
+	for _, q := range r.ready {
+		if len(want) == cursorPrefetch {
+			break
+		}
+		if _, known := r.cursors[q]; !known && q.account == k.account {
+			want = append(want, q.customer)
+		}
+	}
+	r.mu.Unlock()
+	cs, err := cursors(ctx, r.o.Conn, "stripe", k.account, want)
+	if err != nil {
+		return "", err
+	}
+	r.mu.Lock()
+	for _, c := range want[1:] {
+		r.remember(refreshKey{k.account, c}, cs[c]) // "": none held
+	}
+	r.mu.Unlock()
+	return cs[k.customer], nil
+}
+
+// remember keeps k's cursor, forgetting another when MaxCursors are kept;
+// r.mu is held.
+func (r *Refresher) remember(k refreshKey, newest string) {
+	if _, known := r.cursors[k]; !known && len(r.cursors) >= r.o.MaxCursors {
+		for old := range r.cursors { // any one: map order is random enough
+			delete(r.cursors, old)
+			break
+		}
+	}
+	r.cursors[k] = newest
+}
+
+// permanentError reports whether err is an API answer that no retry can
+// change: 401 (the key is revoked or wrong) or 403 (e.g. a Connect account
+// that disconnected the platform).
+func permanentError(err error) (status int, ok bool) {
+	var re *RequestError
+	if errors.As(err, &re) && (re.Status == http.StatusUnauthorized || re.Status == http.StatusForbidden) {
+		return re.Status, true
+	}
+	return 0, false
 }

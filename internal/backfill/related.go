@@ -61,6 +61,8 @@ func customerRef(raw json.RawMessage) string {
 // relatedKey is one object that thin events referred to.
 type relatedKey struct{ account, objectType, id string }
 
+func (k relatedKey) String() string { return k.account + "/" + k.objectType + "/" + k.id }
+
 // MarkRelated asks for the customer of a thin event's related object to be
 // read and refreshed. ev is the event's intake row: once the customer is
 // known, the row is written again with it (a newer _version of the same
@@ -69,9 +71,17 @@ type relatedKey struct{ account, objectType, id string }
 // coalesce. It never blocks.
 func (r *Refresher) MarkRelated(ev row.StripeEvent, objectType, id string) {
 	k := relatedKey{ev.AccountID, objectType, id}
+	if !r.owns(k.String()) {
+		return // the owner finds the event in ClickHouse
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	waiting, known := r.related[k]
+	for _, w := range waiting {
+		if w.ID == ev.ID {
+			return // found again by a sweep while waiting
+		}
+	}
 	r.related[k] = append(waiting, ev)
 	if !known {
 		r.relatedReady = append(r.relatedReady, k)
@@ -147,7 +157,7 @@ func unresolvedThinEvents(ctx context.Context, conn driver.Conn, window time.Dur
 	rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT id, type, account_id, livemode, created, api_version, payload, received_at
 		FROM stripe_events FINAL
 		WHERE customer = '' AND type IN (%s) AND created >= now() - %d AND received_at >= now() - %d`,
-		sqlStrings(thin), 2*secs, secs))
+		sqlStrings(thin), max(2*secs, int64(2*time.Hour/time.Second)), secs))
 	if err != nil {
 		return nil, fmt.Errorf("find thin events whose customer is unknown: %w", err)
 	}

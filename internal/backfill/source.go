@@ -106,6 +106,15 @@ func (o *SourceOptions) defaults() {
 }
 
 // limiter is the process-wide token bucket for RateLimit.
+// share sets l to a 1/n share of limit requests per second (limit 0:
+// unlimited): n processes spending the same budget at once.
+func share(l *rate.Limiter, limit float64, n int) {
+	if limit <= 0 || n < 1 {
+		return
+	}
+	l.SetLimit(rate.Limit(limit / float64(n)))
+}
+
 func (o *SourceOptions) limiter() *rate.Limiter {
 	if o.RateLimit > 0 {
 		return rate.NewLimiter(rate.Limit(o.RateLimit), 1)

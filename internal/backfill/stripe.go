@@ -116,6 +116,14 @@ func (s *StripeSource) Provider() string { return "stripe" }
 // RateLimit is the configured requests per second (0: unlimited).
 func (s *StripeSource) RateLimit() float64 { return s.limit }
 
+// CurrentLimit is the requests per second this process may send now (its
+// share of the rate limit; +Inf when unlimited).
+func (s *StripeSource) CurrentLimit() float64 { return float64(s.limiter.Limit()) }
+
+// Share spends a 1/n share of the configured rate limit: n processes
+// sharing the account's budget (internal/fleet).
+func (s *StripeSource) Share(n int) { share(s.limiter, s.limit, n) }
+
 // Stats reports the HTTP requests sent (retries included) and the retries.
 func (s *StripeSource) Stats() (requests, retries int64) {
 	return s.requests.Load(), s.retries.Load()

@@ -52,6 +52,11 @@ type Config struct {
 	BatchRows     int
 	FlushInterval time.Duration
 	QueueRows     int
+	QueueBytes    int64
+
+	// WebhookBodyBytes caps the bytes of webhook bodies held at once
+	// (serve).
+	WebhookBodyBytes int64
 
 	// backfill and verify.
 	Provider    string
@@ -88,6 +93,19 @@ const (
 	ServeBatchRows        = 10000
 	BackfillBatchRows     = 50000
 	BackfillFlushInterval = time.Second
+)
+
+// Memory budgets, in bytes. serve's defaults keep what its budgets can hold
+// (request bodies, and the rows of its two queues: the intake log and the
+// rows derived from events), with the copies made on the way (decoding,
+// the driver's column buffers), within the chart's 512 Mi limit and its
+// GOMEMLIMIT of 90% of it: 32 + 2 × 64 MiB = 160 MiB. backfill's queue is
+// larger: its batches are 50,000 rows of about 1 KiB, two in flight, and
+// its Job's limit is 1 Gi.
+const (
+	ServeQueueBytes         = 64 << 20
+	BackfillQueueBytes      = 256 << 20
+	DefaultWebhookBodyBytes = 32 << 20
 )
 
 func (e *UsageError) Error() string { return e.Err.Error() }
@@ -143,7 +161,7 @@ func Parse(command string, args []string, getenv func(string) string, stderr io.
 		fs.StringVar(&c.StripeAPIKey, "stripe-api-key", "", "Stripe secret or restricted key (sk_live_, sk_test_, rk_…)")
 		secretFile("stripe-api-key", func(v string) { c.StripeAPIKey = v })
 		fs.StringVar(&c.StripeAPIURL, "stripe-api-url", "https://api.stripe.com", "Stripe API base URL")
-		fs.Func("stripe-accounts", "Connect: comma-separated acct_… ids, or all; empty = the key's own account", func(v string) error {
+		fs.Func("stripe-accounts", "Connect: comma-separated acct_… ids, or all — the accounts backfill and verify read and serve refreshes; empty = the key's own account", func(v string) error {
 			c.StripeAccounts, c.StripeAllAccounts = nil, false
 			for _, a := range splitList(v) {
 				if a == "all" {
@@ -162,10 +180,12 @@ func Parse(command string, args []string, getenv func(string) string, stderr io.
 		fs.StringVar(&c.OrbAPIURL, "orb-api-url", "https://api.withorb.com", "Orb API base URL")
 		fs.Float64Var(&c.RateLimit, "rate-limit", 0, "requests per second to a source API, shared by every worker (default 80 for Stripe live keys, 20 for test keys, 40 for Orb)")
 	}
-	sinkFlags := func(batch int, interval time.Duration) {
+	sinkFlags := func(batch int, interval time.Duration, queueBytes int64) {
 		fs.IntVar(&c.BatchRows, "batch-rows", batch, "max rows per ClickHouse insert")
 		fs.DurationVar(&c.FlushInterval, "flush-interval", interval, "how long a batch may wait to fill before it is sent (0: send as soon as the previous insert returns)")
-		fs.IntVar(&c.QueueRows, "queue-rows", 200000, "max rows waiting for ClickHouse; beyond it writes are refused (webhooks answer 503)")
+		fs.IntVar(&c.QueueRows, "queue-rows", 200000, "max rows waiting for ClickHouse, per queue; beyond it writes are refused (webhooks answer 503)")
+		c.QueueBytes = queueBytes
+		fs.Var((*byteSize)(&c.QueueBytes), "queue-bytes", "max bytes of rows waiting for ClickHouse, per queue (serve has two), e.g. 64MiB; beyond it writes are refused (webhooks answer 503)")
 	}
 	providerFlags := func() {
 		fs.StringVar(&c.Provider, "provider", Stripe, "source: stripe or orb")
@@ -179,7 +199,9 @@ func Parse(command string, args []string, getenv func(string) string, stderr io.
 	switch command {
 	case CmdServe:
 		sourceFlags()
-		sinkFlags(ServeBatchRows, 0)
+		sinkFlags(ServeBatchRows, 0, ServeQueueBytes)
+		c.WebhookBodyBytes = DefaultWebhookBodyBytes
+		fs.Var((*byteSize)(&c.WebhookBodyBytes), "webhook-body-bytes", "max bytes of webhook request bodies held at once (being read, or waiting for their commit), e.g. 32MiB; beyond it requests are answered 503")
 		fs.StringVar(&c.Listen, "listen", ":8080", "webhook HTTP listener")
 		fs.StringVar(&c.AdminListen, "admin-listen", ":9090", "admin listener: /metrics, /healthz, /readyz, and /debug/pprof/ with --pprof; bind it to loopback or the pod network, never a public ingress")
 		fs.BoolVar(&c.Pprof, "pprof", false, "serve /debug/pprof/ on the admin listener (off by default: /debug/pprof/cmdline shows the command line, secrets given as flags included)")
@@ -189,10 +211,10 @@ func Parse(command string, args []string, getenv func(string) string, stderr io.
 		secretFile("orb-webhook-secret", orbSecrets.add)
 		fs.DurationVar(&c.WebhookTolerance, "webhook-tolerance", 5*time.Minute, "max age and max future skew of a signed timestamp")
 		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 25*time.Second, "how long SIGTERM may take to drain (keep below terminationGracePeriodSeconds)")
-		fs.IntVar(&c.RefreshWorkers, "refresh-workers", 8, "concurrent customer refreshes")
+		fs.IntVar(&c.RefreshWorkers, "refresh-workers", 0, "most customer refreshes in flight at once; 0: as many as keep the rate limit busy (measured)")
 	case CmdBackfill:
 		sourceFlags()
-		sinkFlags(BackfillBatchRows, BackfillFlushInterval)
+		sinkFlags(BackfillBatchRows, BackfillFlushInterval, BackfillQueueBytes)
 		providerFlags()
 		fs.StringVar(&c.SinceRaw, "since", "", "only what changed since then: RFC 3339 time or a duration such as 36h")
 		fs.BoolVar(&c.Full, "full", false, "ignore checkpoints and re-read everything")
@@ -309,6 +331,9 @@ func (c *Config) validate(now time.Time) error {
 	if c.BatchRows < 0 || c.QueueRows < 0 {
 		return fmt.Errorf("--batch-rows and --queue-rows must be positive")
 	}
+	if c.QueueBytes < 0 || c.WebhookBodyBytes < 0 {
+		return fmt.Errorf("--queue-bytes and --webhook-body-bytes must be positive")
+	}
 	return nil
 }
 
@@ -359,6 +384,49 @@ func (c *Config) Redact(s string) string {
 		}
 	}
 	return s
+}
+
+// byteSize is a flag of a number of bytes: an integer, optionally with a
+// unit, KiB/MiB/GiB (or Kubernetes' Ki/Mi/Gi) or KB/MB/GB (powers of 1000).
+type byteSize int64
+
+var byteUnits = []struct {
+	suffix string
+	factor int64
+}{
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30},
+	{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30},
+	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9},
+	{"B", 1},
+}
+
+func (b *byteSize) String() string {
+	n := int64(*b)
+	for _, u := range []struct {
+		suffix string
+		factor int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n != 0 && n%u.factor == 0 {
+			return strconv.FormatInt(n/u.factor, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+func (b *byteSize) Set(v string) error {
+	num, factor := strings.TrimSpace(v), int64(1)
+	for _, u := range byteUnits {
+		if n, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, factor = strings.TrimSpace(n), u.factor
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/factor {
+		return fmt.Errorf("%q is not a size in bytes (e.g. 67108864, 64MiB, 64Mi)", v)
+	}
+	*b = byteSize(n * factor)
+	return nil
 }
 
 // listFlag is a repeatable, comma-separated flag.

@@ -47,6 +47,7 @@ type world struct {
 	srows    map[string]*row.StripeTxn // newest observation, by id
 	orows    map[string]*row.OrbTxn
 	entries  []ledger.Entry
+	deleted  map[[2]string]bool // Stripe (account, customer) named by customer.deleted events
 	syncedAt time.Time
 	inserts  []insert // every row, as writeTo sends them
 }
@@ -141,6 +142,7 @@ func build(t *testing.T) *world {
 	w.inserts = []insert{
 		{row.StripeTxnTable, srows}, {row.StripeTxnTable, stalerows},
 		{row.OrbTxnTable, orows}, {row.OrbTxnTable, staleorows},
+		{row.StripeEventTable, w.deletions(end)},
 	}
 	for _, r := range w.srows {
 		w.entries = append(w.entries, ledger.FromStripe(r))
@@ -151,6 +153,42 @@ func build(t *testing.T) *world {
 	t.Logf("built %d Stripe and %d Orb transactions, %d + %d superseded observations",
 		len(srows), len(orows), len(stalerows), len(staleorows))
 	return w
+}
+
+// deletions are intake rows of customer.deleted events, as syncd serve
+// stores them, for customers with credit in each account (and one it owes),
+// one deleted twice (a snapshot event and then its thin form), and a
+// customer.updated event that deletes nothing.
+func (w *world) deletions(end time.Time) [][]any {
+	w.deleted = map[[2]string]bool{}
+	var out [][]any
+	event := func(id, typ string, c stripeemu.Customer, at time.Time) {
+		ev := row.StripeEvent{ID: id, Type: typ, AccountID: c.Account, Created: at, Customer: c.ID,
+			Payload: []byte(`{"id":"` + id + `"}`), ReceivedAt: at.Add(time.Second)}
+		out = append(out, ev.Values())
+	}
+	picked := map[string]int{}
+	for i, c := range w.stripe.Customers() {
+		at := end.Add(-time.Duration(i) * time.Minute)
+		switch {
+		case c.Transactions == 0:
+		case c.Balance < 0 && picked[c.Account+"credit"] < 2, c.Balance > 0 && picked[c.Account+"owed"] < 1:
+			kind := "credit"
+			if c.Balance > 0 {
+				kind = "owed"
+			}
+			picked[c.Account+kind]++
+			w.deleted[[2]string{c.Account, c.ID}] = true
+			event(fmt.Sprintf("evt_deleted%03d", i), "customer.deleted", c, at)
+			if len(w.deleted) == 1 {
+				event(fmt.Sprintf("evt_thin_deleted%03d", i), "v1.customer.deleted", c, at.Add(time.Second))
+			}
+		case picked["updated"] == 0:
+			picked["updated"]++
+			event(fmt.Sprintf("evt_updated%03d", i), "customer.updated", c, at)
+		}
+	}
+	return out
 }
 
 // balanceKey is customer_balances' grouping.
@@ -321,6 +359,34 @@ func (w *world) expected(name string, now time.Time, customer string) [][]string
 		for _, e := range hist {
 			out = append(out, []string{ts(e.Created), e.Provider, e.Currency, e.TransactionID, e.Kind,
 				dec(e.CreditDelta), dec(e.CreditBalanceAfter), nullable(e.InvoiceID), nullable(e.CreditNoteID), nullable(e.Description)})
+		}
+	case "outstanding_credit_without_deleted_customers":
+		type acc struct {
+			credit, deletedCredit decimal.Decimal
+			n, deleted            int
+		}
+		per := map[string]*acc{}
+		for _, e := range balances(w.entries) {
+			a := per[e.Currency]
+			if a == nil {
+				a = &acc{}
+				per[e.Currency] = a
+			}
+			gone := e.Provider == "stripe" && w.deleted[[2]string{e.AccountID, e.Customer}]
+			b := e.CreditBalanceAfter
+			switch {
+			case gone && b.IsPositive():
+				a.deletedCredit = a.deletedCredit.Add(b)
+			case b.IsPositive():
+				a.credit, a.n = a.credit.Add(b), a.n+1
+			}
+			if gone {
+				a.deleted++
+			}
+		}
+		for _, c := range sortedKeys(per) {
+			a := per[c]
+			out = append(out, []string{c, dec(a.credit), fmt.Sprint(a.n), dec(a.deletedCredit), fmt.Sprint(a.deleted)})
 		}
 	case "chain_breaks":
 		return nil // emulator chains are whole

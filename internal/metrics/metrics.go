@@ -72,6 +72,17 @@ type Metrics struct {
 	RefreshQueue     prometheus.Gauge
 	BackfillCustomer *prometheus.CounterVec
 	SyncLag          *prometheus.GaugeVec
+
+	BackfillDeleted *prometheus.CounterVec // customers a backfill found deleted (404) after listing them
+	RefreshSkipped  prometheus.Counter     // trigger events stored, not refreshed: their account is outside --stripe-accounts
+
+	// Read from ClickHouse by every serve process, so each reports the
+	// fleet's figure: alert on max() across pods.
+	RefreshOwed       prometheus.Gauge
+	RefreshOwedOldest prometheus.Gauge
+	FleetMembers      prometheus.Gauge
+	RefreshParked     *prometheus.CounterVec
+	RecoveredRows     *prometheus.CounterVec
 }
 
 // New registers every series on a fresh registry.
@@ -119,6 +130,27 @@ func New() *Metrics {
 			Name: "syncd_sync_lag_seconds", Help: "Age of the oldest change not yet mirrored (0 when caught up).",
 		}, []string{"provider"}),
 	}
+	m.RefreshOwed = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "syncd_refresh_owed_customers", Help: "Customers whose acknowledged trigger events await a refresh, across every syncd process sharing the database (from ClickHouse).",
+	})
+	m.RefreshOwedOldest = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "syncd_refresh_owed_oldest_seconds", Help: "Age of the oldest acknowledged trigger event still awaiting its refresh, across the fleet (0 when none).",
+	})
+	m.FleetMembers = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "syncd_fleet_members", Help: "Live syncd processes sharing this database, as this one sees them.",
+	})
+	m.RefreshParked = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "syncd_refresh_parked_total", Help: "Refreshes given up on a permanent API error (401, 403), by status.",
+	}, []string{"code"})
+	m.BackfillDeleted = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "syncd_backfill_deleted_customers_total", Help: "Customers a backfill listed and then found deleted (404): skipped, their rows kept.",
+	}, []string{"provider"})
+	m.RefreshSkipped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "syncd_refresh_skipped_events_total", Help: "Trigger events stored but not refreshed: their account is outside --stripe-accounts.",
+	})
+	m.RecoveredRows = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "syncd_recovered_rows_total", Help: "Transaction rows of acknowledged object events written again from the intake log because they were missing.",
+	}, []string{"provider"})
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "syncd_build_info", Help: "Build identity; always 1.",
 	}, []string{"version", "commit", "goversion"})
@@ -126,6 +158,7 @@ func New() *Metrics {
 
 	r.MustRegister(m.WebhookRequests, m.WebhookAck, m.Events, m.SinkRows, m.SinkFlush, m.SinkQueueRows,
 		m.SinkErrors, m.SourceRequests, m.SourceSeconds, m.RefreshQueue, m.BackfillCustomer, m.SyncLag, build,
+		m.RefreshOwed, m.RefreshOwedOldest, m.FleetMembers, m.RefreshParked, m.RecoveredRows, m.BackfillDeleted, m.RefreshSkipped,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	for _, p := range Providers {
@@ -142,7 +175,12 @@ func New() *Metrics {
 		}
 		m.SourceSeconds.WithLabelValues(p)
 		m.BackfillCustomer.WithLabelValues(p)
+		m.BackfillDeleted.WithLabelValues(p)
+		m.RecoveredRows.WithLabelValues(p)
 		m.SyncLag.WithLabelValues(p)
+	}
+	for _, c := range []string{"401", "403"} {
+		m.RefreshParked.WithLabelValues(c)
 	}
 	for _, t := range Tables {
 		m.SinkRows.WithLabelValues(t)

@@ -55,6 +55,9 @@ type Customer struct {
 	Balance            string            `json:"balance"` // a decimal string in Currency
 	CreatedAt          time.Time         `json:"created_at"`
 	Metadata           map[string]string `json:"metadata"`
+	// Deleted is true, and the other fields empty, while Orb deletes the
+	// customer; afterwards the customer answers 404.
+	Deleted bool `json:"deleted"`
 }
 
 // APIError is Orb's error response:

@@ -85,6 +85,7 @@ type Event struct {
 
 type customer struct {
 	Customer
+	deleted bool // DeleteCustomer: kept in place, as list cursors index the slice
 	balance decimal.Decimal
 	prec    int32
 	txns    []*Txn // oldest first; only ever appended to
@@ -149,7 +150,7 @@ var ErrNotFound = errors.New("orbemu: not found")
 
 func (e *Emulator) lookup(id string) (*customer, error) {
 	i, ok := e.custIdx[id]
-	if !ok {
+	if !ok || e.customers[i].deleted {
 		return nil, fmt.Errorf("customer %q: %w", id, ErrNotFound)
 	}
 	return e.customers[i], nil
@@ -159,9 +160,11 @@ func (e *Emulator) lookup(id string) (*customer, error) {
 func (e *Emulator) Customers() []Customer {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
-	out := make([]Customer, len(e.customers))
-	for i, c := range e.customers {
-		out[i] = c.Customer
+	out := make([]Customer, 0, len(e.customers))
+	for _, c := range e.customers {
+		if !c.deleted {
+			out = append(out, c.Customer)
+		}
 	}
 	return out
 }
@@ -184,6 +187,9 @@ func (e *Emulator) Truth() []Txn {
 	defer e.mu.RUnlock()
 	var out []Txn
 	for _, c := range e.customers {
+		if c.deleted {
+			continue
+		}
 		for _, t := range c.txns {
 			out = append(out, *t)
 		}
@@ -251,4 +257,21 @@ func (e *Emulator) AddTransaction(customerID, action, typ, amount string) (Txn, 
 	e.mu.Unlock()
 	e.deliver(ev)
 	return out, nil
+}
+
+// DeleteCustomer deletes a customer as Orb's DELETE /v1/customers/{id}
+// does: it leaves the customer list, its balance transactions answer 404,
+// and GET /v1/customers/{id} answers only {"id", "deleted": true} — what
+// Orb answers while the deletion is in process; once it has completed Orb
+// answers 404, as for a customer that never existed. Orb sends no webhook
+// for it.
+func (e *Emulator) DeleteCustomer(id string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c, err := e.lookup(id)
+	if err != nil {
+		return err
+	}
+	c.deleted = true
+	return nil
 }

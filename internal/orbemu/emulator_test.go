@@ -381,3 +381,47 @@ func TestAddTransactionRejects(t *testing.T) {
 		t.Error("WebhookURL without a secret accepted")
 	}
 }
+
+// A deleted customer leaves the list (pages around it stay whole, with the
+// page size and cursors of the rest), answers {"id", "deleted": true} to
+// GET, and 404 for its transactions.
+func TestDeleteCustomer(t *testing.T) {
+	emu, c := start(t, orbemu.Config{Seed: 8, Customers: 45})
+	ctx := context.Background()
+	all := emu.Customers()
+	gone := []string{all[3].ID, all[20].ID, all[21].ID, all[44].ID}
+	for _, id := range gone {
+		if err := emu.DeleteCustomer(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := emu.DeleteCustomer(gone[0]); !errors.Is(err, orbemu.ErrNotFound) {
+		t.Errorf("deleting twice: %v, want ErrNotFound", err)
+	}
+	var listed []string
+	for _, raw := range walk(t, func(cursor string) (orbapi.Page, error) { return c.ListCustomers(ctx, cursor, 10) }) {
+		var v struct{ ID string }
+		if err := json.Unmarshal(raw, &v); err != nil {
+			t.Fatal(err)
+		}
+		listed = append(listed, v.ID)
+	}
+	var want []string
+	for _, cus := range emu.Customers() {
+		want = append([]string{cus.ID}, want...) // newest first
+	}
+	if !slices.Equal(listed, want) || len(want) != len(all)-len(gone) {
+		t.Errorf("listed %d customers %v, want the %d not deleted %v", len(listed), listed, len(all)-len(gone), want)
+	}
+	cus, _, err := c.GetCustomer(ctx, gone[1])
+	if err != nil || !cus.Deleted || cus.ID != gone[1] || cus.Currency != "" {
+		t.Errorf("GET a deleted customer: %+v, %v; want only its id and deleted", cus, err)
+	}
+	var ae *orbapi.APIError
+	if _, err := c.ListBalanceTransactions(ctx, gone[1], "", 10); !errors.As(err, &ae) || ae.Status != 404 {
+		t.Errorf("transactions of a deleted customer: %v, want 404", err)
+	}
+	if _, _, err := c.GetCustomer(ctx, "never_existed"); !errors.As(err, &ae) || ae.Status != 404 {
+		t.Errorf("GET a customer that never existed: %v, want 404", err)
+	}
+}

@@ -131,19 +131,28 @@ func listQuery(r *http.Request) (limit int, after string, _ *apiError) {
 // writePage serves items newest first from a slice kept oldest first. start is
 // the index of the newest item the page may hold; since items are only
 // appended, a cursor keeps its place while new items arrive.
-func writePage(w http.ResponseWriter, start, limit int, raw func(int) []byte, id func(int) string) {
+// Items for which skip (when not nil) is true are left out.
+func writePage(w http.ResponseWriter, start, limit int, raw func(int) []byte, id func(int) string, skip func(int) bool) {
 	var b strings.Builder
 	b.WriteString(`{"data":[`)
+	n, last := 0, -1
 	i := start
-	for ; i >= 0 && start-i < limit; i-- {
-		if i != start {
+	for ; i >= 0 && n < limit; i-- {
+		if skip != nil && skip(i) {
+			continue
+		}
+		if n > 0 {
 			b.WriteByte(',')
 		}
 		b.Write(raw(i))
+		n, last = n+1, i
+	}
+	for skip != nil && i >= 0 && skip(i) {
+		i--
 	}
 	b.WriteString(`],"pagination_metadata":{"has_more":`)
 	if i >= 0 {
-		fmt.Fprintf(&b, `true,"next_cursor":%q}}`, base64.RawURLEncoding.EncodeToString([]byte(id(i+1))))
+		fmt.Fprintf(&b, `true,"next_cursor":%q}}`, base64.RawURLEncoding.EncodeToString([]byte(id(last))))
 	} else {
 		b.WriteString(`false,"next_cursor":null}}`)
 	}
@@ -176,18 +185,24 @@ func (e *Emulator) listCustomers(w http.ResponseWriter, r *http.Request) {
 	}
 	writePage(w, start, limit,
 		func(i int) []byte { return e.customers[i].Raw },
-		func(i int) string { return e.customers[i].ID })
+		func(i int) string { return e.customers[i].ID },
+		func(i int) bool { return e.customers[i].deleted })
 }
 
 func (e *Emulator) getCustomer(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
 	e.mu.RLock()
 	defer e.mu.RUnlock()
-	c, err := e.lookup(r.PathValue("id"))
-	if err != nil {
-		writeError(w, notFound("Customer "+r.PathValue("id")+" not found"))
+	w.Header().Set("Content-Type", "application/json")
+	if i, ok := e.custIdx[id]; ok && e.customers[i].deleted {
+		fmt.Fprintf(w, `{"id":%q,"deleted":true}`, id)
 		return
 	}
-	w.Header().Set("Content-Type", "application/json")
+	c, err := e.lookup(id)
+	if err != nil {
+		writeError(w, notFound("Customer "+id+" not found"))
+		return
+	}
 	w.Write(c.Raw)
 }
 
@@ -213,7 +228,7 @@ func (e *Emulator) listTxns(w http.ResponseWriter, r *http.Request) {
 	e.counters.ListServed(id)
 	writePage(w, start, limit,
 		func(i int) []byte { return c.txns[i].Raw },
-		func(i int) string { return c.txns[i].ID })
+		func(i int) string { return c.txns[i].ID }, nil)
 }
 
 // Counters are request counts since the last ResetCounters.

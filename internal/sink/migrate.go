@@ -45,7 +45,30 @@ func Open(ctx context.Context, dsn string, create bool) (driver.Conn, error) {
 		conn.Close()
 		return nil, fmt.Errorf("connect to clickhouse at %v database %q: %w", opts.Addr, opts.Auth.Database, err)
 	}
+	// A modern server may take INSERTs asynchronously (async_insert, on by
+	// default in recent releases or by a profile): the INSERT then returns
+	// before its rows are in a part, or only after a flush timer. syncd's
+	// 200 means committed, and its sink batches already, so it asks for
+	// synchronous INSERTs wherever the setting exists (21.11 and later;
+	// 18.16 refuses settings it does not know, so none is sent there).
+	if v, err := conn.ServerVersion(); err == nil && atLeast(v, 21, 11) {
+		if opts.Settings == nil {
+			opts.Settings = clickhouse.Settings{}
+		}
+		if _, set := opts.Settings["async_insert"]; !set {
+			opts.Settings["async_insert"] = 0
+			conn.Close()
+			if conn, err = clickhouse.Open(opts); err != nil {
+				return nil, fmt.Errorf("connect to clickhouse at %v: %w", opts.Addr, err)
+			}
+		}
+	}
 	return conn, nil
+}
+
+// atLeast reports whether server v is release major.minor or later.
+func atLeast(v *driver.ServerVersion, major, minor uint64) bool {
+	return v.Version.Major > major || v.Version.Major == major && v.Version.Minor >= minor
 }
 
 func quoteIdent(s string) string {

@@ -7,7 +7,14 @@
 // failed insert is retried with exponential backoff and jitter until it
 // succeeds or the sink is closed; rows are never dropped silently. With the
 // default of one insert in flight per table, a table's rows commit in the
-// order they were queued: webhook recovery relies on it. A bulk writer that
+// order they were queued: webhook recovery relies on it.
+//
+// The queue is bounded in rows and in bytes (Options.QueueRows,
+// QueueBytes): past either, TryWrite refuses and Write waits. While
+// ClickHouse is known unreachable (an insert failed to reach it), TryWrite
+// refuses at once and a waiting Ack says so (Ack.Unreachable), so that a
+// webhook answers 503 within the second instead of waiting for a retry; a
+// probe finds ClickHouse again and the retries resume. A bulk writer that
 // only waits for acknowledgements (backfill) may ask for more inserts in
 // flight (Options.Inserts): ClickHouse works on each INSERT with one thread,
 // so a second one uses a second core. It may also ask for one INSERT per
@@ -25,6 +32,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/cenkalti/backoff/v5"
 	"go.uber.org/zap"
@@ -54,6 +62,9 @@ type Table struct {
 var (
 	ErrQueueFull = errors.New("sink queue is full")
 	ErrClosed    = errors.New("sink is closed")
+	// ErrUnavailable: ClickHouse is known unreachable; TryWrite takes
+	// nothing until it answers again.
+	ErrUnavailable = errors.New("clickhouse is unreachable")
 )
 
 // Options tune a Sink; the zero value of each field picks a default.
@@ -61,6 +72,7 @@ type Options struct {
 	BatchRows     int           // max rows per insert [10000]
 	FlushInterval time.Duration // how long a batch may wait to fill [0: group commit]
 	QueueRows     int           // max rows waiting, over all tables [200000]
+	QueueBytes    int64         // max RowBytes of the rows waiting, over all tables [64 MiB]
 	MinBackoff    time.Duration // first retry delay [100ms]
 	MaxBackoff    time.Duration // longest retry delay [10s]
 	InsertTimeout time.Duration // one insert attempt [60s]
@@ -94,6 +106,9 @@ func (o *Options) defaults() {
 	if o.QueueRows < o.BatchRows {
 		o.QueueRows = o.BatchRows
 	}
+	if o.QueueBytes <= 0 {
+		o.QueueBytes = DefaultQueueBytes
+	}
 	if o.MinBackoff <= 0 {
 		o.MinBackoff = 100 * time.Millisecond
 	}
@@ -114,15 +129,21 @@ func (o *Options) defaults() {
 	}
 }
 
+// DefaultQueueBytes is Options.QueueBytes' default.
+const DefaultQueueBytes = 64 << 20
+
 // Sink is a batched, acknowledged ClickHouse writer. It is safe for
 // concurrent use.
 type Sink struct {
 	conn driver.Conn
 	opts Options
 
-	queued atomic.Int64  // rows accepted and not yet resolved
-	space  chan struct{} // closed and replaced whenever rows leave the queue
-	spaceM sync.Mutex
+	spaceM      sync.Mutex
+	queued      int64         // rows accepted and not yet resolved
+	queuedBytes int64         // their RowBytes
+	space       chan struct{} // closed and replaced whenever rows leave the queue
+
+	health health
 
 	mu     sync.Mutex
 	queues map[string]*queue
@@ -140,11 +161,13 @@ type Sink struct {
 func New(conn driver.Conn, opts Options) *Sink {
 	opts.defaults()
 	stop, cancel := context.WithCancel(context.Background())
-	return &Sink{
+	s := &Sink{
 		conn: conn, opts: opts, queues: map[string]*queue{},
 		space: make(chan struct{}), stop: stop, stopNow: cancel, draining: make(chan struct{}),
 		hurry: make(chan struct{}),
 	}
+	s.health.init()
+	return s
 }
 
 // Ack resolves when every row of one Write is committed, or can no longer be.
@@ -153,10 +176,11 @@ type Ack struct {
 	done      chan struct{}
 	once      sync.Once
 	err       error
+	health    *health // nil for an Ack of no rows
 }
 
-func newAck(n int) *Ack {
-	a := &Ack{done: make(chan struct{})}
+func newAck(n int, h *health) *Ack {
+	a := &Ack{done: make(chan struct{}), health: h}
 	a.remaining.Store(int64(n))
 	if n == 0 {
 		a.resolve(nil)
@@ -191,23 +215,41 @@ func (a *Ack) Wait(ctx context.Context) error {
 	}
 }
 
-// TryWrite queues rows for t without blocking; ErrQueueFull when there is no
-// room, so the caller can refuse its own client (a webhook answers 503).
+// Unreachable is closed when the sink finds ClickHouse unreachable while
+// these rows wait (at once if it already knows): a writer answering a client
+// can give up without waiting out the retries. The rows stay queued and are
+// committed once ClickHouse is back, unless the sink is closed first.
+func (a *Ack) Unreachable() <-chan struct{} {
+	if a.health == nil {
+		return nil
+	}
+	return a.health.lostSignal()
+}
+
+// TryWrite queues rows for t without blocking: ErrQueueFull when there is
+// no room, ErrUnavailable while ClickHouse is known unreachable, so that the
+// caller can refuse its own client (a webhook answers 503).
 func (s *Sink) TryWrite(t Table, rows ...[]any) (*Ack, error) {
-	if !s.reserve(len(rows)) {
+	if s.health.isDown() {
+		return nil, ErrUnavailable
+	}
+	size := RowsBytes(rows)
+	if !s.reserve(len(rows), size) {
 		return nil, ErrQueueFull
 	}
-	return s.enqueue(t, rows)
+	return s.enqueue(t, rows, size)
 }
 
 // Write queues rows for t, waiting while the queue is full (backpressure for
-// backfill) until ctx ends.
+// backfill) until ctx ends. It waits out an outage too: the rows queue up
+// to the limits, and the retries commit them once ClickHouse is back.
 func (s *Sink) Write(ctx context.Context, t Table, rows ...[]any) (*Ack, error) {
-	for !s.reserve(len(rows)) {
+	size := RowsBytes(rows)
+	for !s.reserve(len(rows), size) {
 		s.spaceM.Lock()
 		ch := s.space
 		s.spaceM.Unlock()
-		if s.reserve(len(rows)) {
+		if s.reserve(len(rows), size) {
 			break
 		}
 		select {
@@ -216,45 +258,93 @@ func (s *Sink) Write(ctx context.Context, t Table, rows ...[]any) (*Ack, error) 
 			return nil, ctx.Err()
 		}
 	}
-	return s.enqueue(t, rows)
+	return s.enqueue(t, rows, size)
 }
 
-// reserve takes room for n rows. A write larger than the whole queue is let
-// in when the queue is empty, so it cannot wait forever.
-func (s *Sink) reserve(n int) bool {
-	for {
-		cur := s.queued.Load()
-		if cur > 0 && cur+int64(n) > int64(s.opts.QueueRows) {
-			return false
-		}
-		if s.queued.CompareAndSwap(cur, cur+int64(n)) {
-			s.opts.Metrics.SinkQueueRows.Add(float64(n))
-			return true
-		}
+// reserve takes room for n rows of size bytes. A write larger than the
+// whole queue is let in when the queue is empty, so it cannot wait forever.
+func (s *Sink) reserve(n int, size int64) bool {
+	s.spaceM.Lock()
+	defer s.spaceM.Unlock()
+	if s.queued > 0 && (s.queued+int64(n) > int64(s.opts.QueueRows) || s.queuedBytes+size > s.opts.QueueBytes) {
+		return false
 	}
+	s.queued += int64(n)
+	s.queuedBytes += size
+	s.opts.Metrics.SinkQueueRows.Add(float64(n))
+	return true
 }
 
-func (s *Sink) release(n int) {
-	s.queued.Add(-int64(n))
+func (s *Sink) release(n int, size int64) {
 	s.opts.Metrics.SinkQueueRows.Sub(float64(n))
 	s.spaceM.Lock()
+	s.queued -= int64(n)
+	s.queuedBytes -= size
 	close(s.space)
 	s.space = make(chan struct{})
 	s.spaceM.Unlock()
 }
 
-func (s *Sink) enqueue(t Table, rows [][]any) (*Ack, error) {
+// Value sizes RowBytes counts beyond the bytes of strings: an interface
+// value in the row's slice, the scalar or header it points to, and a row's
+// own slice and segment bookkeeping.
+const (
+	valueOverhead = 32
+	rowOverhead   = 64
+)
+
+// RowBytes is what a queued row is taken to hold in memory: the bytes of its
+// strings (string, *string, []byte, []string values) plus a fixed overhead
+// per value and per row. It is an estimate, cheap enough for every write,
+// that grows with what a client can make large (payloads, raw JSON).
+func RowBytes(row []any) int64 {
+	n := int64(rowOverhead + valueOverhead*len(row))
+	for _, v := range row {
+		switch v := v.(type) {
+		case string:
+			n += int64(len(v))
+		case *string:
+			if v != nil {
+				n += int64(len(*v))
+			}
+		case []byte:
+			n += int64(len(v))
+		case []string:
+			for _, e := range v {
+				n += 16 + int64(len(e))
+			}
+		case *[]string:
+			if v != nil {
+				for _, e := range *v {
+					n += 16 + int64(len(e))
+				}
+			}
+		}
+	}
+	return n
+}
+
+// RowsBytes is the RowBytes of rows together.
+func RowsBytes(rows [][]any) int64 {
+	var n int64
+	for _, r := range rows {
+		n += RowBytes(r)
+	}
+	return n
+}
+
+func (s *Sink) enqueue(t Table, rows [][]any, size int64) (*Ack, error) {
 	for i, r := range rows {
 		if len(r) != len(t.Columns) {
-			s.release(len(rows))
+			s.release(len(rows), size)
 			return nil, fmt.Errorf("write to %s: row %d has %d values for %d columns", t.Name, i, len(r), len(t.Columns))
 		}
 	}
-	ack := newAck(len(rows))
+	ack := newAck(len(rows), &s.health)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		s.release(len(rows))
+		s.release(len(rows), size)
 		return nil, ErrClosed
 	}
 	q := s.queues[t.Name]
@@ -269,7 +359,7 @@ func (s *Sink) enqueue(t Table, rows [][]any) (*Ack, error) {
 	// Pushed under s.mu so that Close cannot let the writer exit between
 	// the closed check and the push.
 	if len(rows) > 0 {
-		q.push(segment{ack: ack, rows: rows})
+		q.push(segment{ack: ack, rows: rows, size: size})
 	}
 	s.mu.Unlock()
 	return ack, nil
@@ -283,6 +373,10 @@ func insertSQL(t Table) string {
 type segment struct {
 	ack  *Ack
 	rows [][]any
+	// size is the bytes the rows were reserved with. Sizes are carried
+	// from the write to its release, not measured again, so that the
+	// queue's count comes back to exactly zero whatever the rows point to.
+	size int64
 }
 
 type queue struct {
@@ -326,8 +420,9 @@ func (q *queue) take(max int) []segment {
 	for len(q.segs) > 0 && n < max {
 		seg := q.segs[0]
 		if room := max - n; len(seg.rows) > room {
-			out = append(out, segment{ack: seg.ack, rows: seg.rows[:room]})
-			q.segs[0].rows = seg.rows[room:]
+			head := min(RowsBytes(seg.rows[:room]), seg.size)
+			out = append(out, segment{ack: seg.ack, rows: seg.rows[:room], size: head})
+			q.segs[0].rows, q.segs[0].size = seg.rows[room:], seg.size-head
 			n += room
 			break
 		}
@@ -422,10 +517,11 @@ func (s *Sink) commit(q *queue, batch []segment) ([]share, error) {
 	return nil, nil
 }
 
-// share is n rows of one write.
+// share is n rows of one write, of size bytes (RowBytes).
 type share struct {
-	ack *Ack
-	n   int
+	ack  *Ack
+	n    int
+	size int64
 }
 
 // step is the rows of one INSERT and the writes they come from.
@@ -458,13 +554,16 @@ func (s *Sink) plan(t Table, batch []segment) []step {
 		one := step{rows: make([][]any, 0, n), shares: make([]share, 0, len(batch))}
 		for _, seg := range batch {
 			one.rows = append(one.rows, seg.rows...)
-			one.shares = append(one.shares, share{seg.ack, len(seg.rows)})
+			one.shares = append(one.shares, share{seg.ack, len(seg.rows), seg.size})
 		}
 		return []step{one}
 	}
 	index := map[int64]int{}
 	var steps []step
 	for _, seg := range batch {
+		// The segment's size is shared out by row; its first share takes
+		// what measuring each row does not account for.
+		firstStep, firstShare, measured := -1, 0, int64(0)
 		for _, r := range seg.rows {
 			k := t.Partition(r)
 			i, ok := index[k]
@@ -475,11 +574,20 @@ func (s *Sink) plan(t Table, batch []segment) []step {
 			}
 			st := &steps[i]
 			st.rows = append(st.rows, r)
+			size := RowBytes(r)
+			measured += size
 			if last := len(st.shares) - 1; last >= 0 && st.shares[last].ack == seg.ack {
 				st.shares[last].n++
+				st.shares[last].size += size
 			} else {
-				st.shares = append(st.shares, share{seg.ack, 1})
+				st.shares = append(st.shares, share{seg.ack, 1, size})
 			}
+			if firstStep < 0 {
+				firstStep, firstShare = i, len(st.shares)-1
+			}
+		}
+		if firstStep >= 0 {
+			steps[firstStep].shares[firstShare].size += seg.size - measured
 		}
 	}
 	if t.Order != nil {
@@ -537,10 +645,17 @@ func (s *Sink) commitStep(q *queue, st step) error {
 		s.opts.Metrics.SinkFlush.Observe(time.Since(start).Seconds())
 		if err == nil {
 			s.opts.Metrics.SinkRows.WithLabelValues(q.table.Name).Add(float64(n))
+			// Released before the writers hear: an acknowledged row no
+			// longer counts as queued.
+			var size int64
+			for _, sh := range st.shares {
+				size += sh.size
+			}
+			s.release(n, size)
 			for _, sh := range st.shares {
 				sh.ack.committed(sh.n)
 			}
-			s.release(n)
+			s.health.found(s.opts.Logger)
 			if attempt > 1 {
 				s.opts.Logger.Info("clickhouse insert recovered", zap.String("table", q.table.Name), zap.Int("attempts", attempt))
 			}
@@ -551,8 +666,16 @@ func (s *Sink) commitStep(q *queue, st step) error {
 		s.opts.Logger.Warn("clickhouse insert failed; retrying",
 			zap.String("table", q.table.Name), zap.Int("rows", n), zap.Int("attempt", attempt),
 			zap.Duration("retry_in", wait), zap.Error(err))
+		// An insert that did not reach ClickHouse tells the writers (they
+		// stop waiting, and new ones are refused) and starts the probe,
+		// whose success cuts this wait short.
+		var back <-chan struct{}
+		if unreachable(err) && s.stop.Err() == nil {
+			back = s.health.lost(s.opts.Logger, s.probe)
+		}
 		select {
 		case <-time.After(wait):
+		case <-back:
 		case <-s.stop.Done():
 			return fmt.Errorf("flush %d rows to %s: %w", n, q.table.Name, err)
 		}
@@ -581,7 +704,7 @@ func (s *Sink) insert(q *queue, rows [][]any) error {
 	for i, r := range rows {
 		if err := b.Append(r...); err != nil {
 			_ = b.Abort()
-			return fmt.Errorf("append to %s: %w", q.table.Name, err)
+			return &appendError{fmt.Errorf("append to %s: %w", q.table.Name, err)}
 		}
 		if (i+1)%blockRows == 0 {
 			if err := b.Flush(); err != nil {
@@ -596,16 +719,35 @@ func (s *Sink) insert(q *queue, rows [][]any) error {
 	return nil
 }
 
+// appendError is a row the driver could not encode: the server was not
+// asked, so it says nothing of whether ClickHouse is reachable.
+type appendError struct{ err error }
+
+func (e *appendError) Error() string { return e.err.Error() }
+func (e *appendError) Unwrap() error { return e.err }
+
+// unreachable tells whether a failed insert failed to reach ClickHouse: a
+// refused or broken connection, a timeout. An exception the server sent, or
+// a row the driver refused, says it answered.
+func unreachable(err error) bool {
+	var ex *clickhouse.Exception
+	var ae *appendError
+	return !errors.As(err, &ex) && !errors.As(err, &ae)
+}
+
 // abandon fails the rows of rest and everything still queued in q with err.
 func (s *Sink) abandon(q *queue, rest []share, err error) {
 	for {
-		n := 0
+		n, size := 0, int64(0)
 		for _, sh := range rest {
-			sh.ack.resolve(err)
 			n += sh.n
+			size += sh.size
 		}
 		if n > 0 {
-			s.release(n)
+			s.release(n, size)
+		}
+		for _, sh := range rest {
+			sh.ack.resolve(err)
 		}
 		batch := q.take(int(^uint(0) >> 1))
 		if len(batch) == 0 {
@@ -613,13 +755,109 @@ func (s *Sink) abandon(q *queue, rest []share, err error) {
 		}
 		rest = rest[:0]
 		for _, seg := range batch {
-			rest = append(rest, share{seg.ack, len(seg.rows)})
+			rest = append(rest, share{seg.ack, len(seg.rows), seg.size})
 		}
 	}
 }
 
 // Queued reports rows accepted and not yet committed or failed.
-func (s *Sink) Queued() int { return int(s.queued.Load()) }
+func (s *Sink) Queued() int {
+	s.spaceM.Lock()
+	defer s.spaceM.Unlock()
+	return int(s.queued)
+}
+
+// QueuedBytes reports the RowBytes of the rows Queued counts.
+func (s *Sink) QueuedBytes() int64 {
+	s.spaceM.Lock()
+	defer s.spaceM.Unlock()
+	return s.queuedBytes
+}
+
+// Unreachable tells whether the sink knows ClickHouse to be unreachable:
+// its last insert failed to reach it, and no probe or retry has since.
+func (s *Sink) Unreachable() bool { return s.health.isDown() }
+
+// probeEvery is how often, while ClickHouse is unreachable, the sink pings
+// it to find it back sooner than the insert retries' backoff would.
+const probeEvery = 500 * time.Millisecond
+
+// probe pings ClickHouse until it answers, the retries find it first
+// (back is closed), or the sink stops.
+func (s *Sink) probe(back <-chan struct{}) {
+	tick := time.NewTicker(probeEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-back:
+			return
+		case <-s.stop.Done():
+			return
+		case <-tick.C:
+		}
+		ctx, cancel := context.WithTimeout(s.stop, probeEvery)
+		err := s.conn.Ping(ctx)
+		cancel()
+		if err == nil {
+			s.health.found(s.opts.Logger)
+			return
+		}
+	}
+}
+
+// health is what the sink knows of ClickHouse's reachability.
+type health struct {
+	mu   sync.Mutex
+	down bool
+	gone chan struct{} // closed when ClickHouse is found unreachable
+	back chan struct{} // closed when it is found again
+}
+
+func (h *health) init() {
+	h.gone, h.back = make(chan struct{}), make(chan struct{})
+	close(h.back)
+}
+
+func (h *health) isDown() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.down
+}
+
+// lostSignal is closed when ClickHouse is (or is next) found unreachable.
+func (h *health) lostSignal() <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.gone
+}
+
+// lost records that an insert could not reach ClickHouse; the first such
+// failure of a spell starts probe. It returns a channel closed when
+// ClickHouse is found again.
+func (h *health) lost(log *zap.Logger, probe func(back <-chan struct{})) <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.down {
+		h.down = true
+		close(h.gone)
+		h.back = make(chan struct{})
+		log.Warn("clickhouse unreachable: refusing writes that cannot wait (webhooks answer 503) until it answers")
+		go probe(h.back)
+	}
+	return h.back
+}
+
+// found records that ClickHouse answered.
+func (h *health) found(log *zap.Logger) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.down {
+		h.down = false
+		h.gone = make(chan struct{})
+		close(h.back)
+		log.Info("clickhouse reachable again: taking writes")
+	}
+}
 
 // Close stops accepting writes and sends everything queued. If ctx ends
 // first, outstanding retries are abandoned, their Acks fail, and the error
@@ -641,7 +879,7 @@ func (s *Sink) Close(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 	}
-	lost := s.queued.Load()
+	lost := s.Queued()
 	s.stopNow()
 	<-done
 	if lost > 0 {

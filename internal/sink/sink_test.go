@@ -867,3 +867,35 @@ func TestTableLayoutsMatchTheServer(t *testing.T) {
 		})
 	}
 }
+
+// TestOpenAsksForSynchronousInserts: on a server that has async_insert
+// (21.11 and later) every query of a connection from Open runs with it
+// off, so an INSERT returns only once its rows are in a part; 18.16, which
+// refuses unknown settings, is sent none.
+func TestOpenAsksForSynchronousInserts(t *testing.T) {
+	ctx := context.Background()
+	conn, err := sink.Open(ctx, chtest.DSN(t), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	v, err := conn.ServerVersion()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	if err := conn.QueryRow(ctx, "SELECT count() FROM system.settings WHERE name = 'async_insert'").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		t.Logf("server %s has no async_insert: nothing to send", v)
+		return
+	}
+	var value string
+	if err := conn.QueryRow(ctx, "SELECT value FROM system.settings WHERE name = 'async_insert'").Scan(&value); err != nil {
+		t.Fatal(err)
+	}
+	if value != "0" {
+		t.Errorf("server %s: async_insert = %s on a connection from Open, want 0", v, value)
+	}
+}

@@ -107,6 +107,7 @@ type account struct {
 	events       []*event // ascending (created, seq)
 	eventByID    map[string]*event
 	objects      map[string][]byte // invoices, credit notes, checkout sessions by id: as last sent in an event
+	deleted      map[string][]byte // deleted customers by id: what GET /v1/customers/{id} answers
 }
 
 func (t *txn) key() (int64, int64)      { return t.Created, t.seq }
@@ -119,7 +120,8 @@ func (a *account) key() (int64, int64)  { return a.created, a.seq }
 func (a *account) rawJSON() []byte      { return a.raw }
 
 func newAccount(id string) *account {
-	return &account{id: id, customerByID: map[string]*customer{}, eventByID: map[string]*event{}, objects: map[string][]byte{}}
+	return &account{id: id, customerByID: map[string]*customer{}, eventByID: map[string]*event{}, objects: map[string][]byte{},
+		deleted: map[string][]byte{}}
 }
 
 type wireTxn struct {

@@ -3,6 +3,7 @@
 package stripeemu
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -285,6 +286,32 @@ func (e *Emulator) AddCustomer(account string) (Customer, error) {
 	e.mu.Unlock()
 	e.deliver([]Event{ev.Event})
 	return out, nil
+}
+
+// DeleteCustomer deletes a customer as DELETE /v1/customers/{id} does: it
+// leaves the customer list, GET /v1/customers/{id} answers only
+// {"id", "object": "customer", "deleted": true}, its balance transactions
+// answer 404 (resource_missing), and a customer.deleted event carrying the
+// customer as it stood is recorded and delivered.
+func (e *Emulator) DeleteCustomer(account, id string) (Event, error) {
+	e.mu.Lock()
+	c, err := e.lookup(account, id)
+	if err != nil {
+		e.mu.Unlock()
+		return Event{}, err
+	}
+	a := e.accounts[account]
+	a.customers = slices.DeleteFunc(a.customers, func(x *customer) bool { return x == c })
+	delete(a.customerByID, id)
+	stub, err := json.Marshal(map[string]any{"id": id, "object": "customer", "deleted": true})
+	if err != nil {
+		panic(err)
+	}
+	a.deleted[id] = stub
+	ev := e.recordEvent(a, c, "customer.deleted", now(c.Created), marshalCustomer(c, c.Balance), nil, true).Event
+	e.mu.Unlock()
+	e.deliver([]Event{ev})
+	return ev, nil
 }
 
 // EditDescription changes a transaction's description ("" clears it) as

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -597,4 +599,71 @@ func BenchmarkListPage(b *testing.B) {
 		e.ServeHTTP(rec, req)
 	}
 	b.ReportMetric(float64(b.N*100)/b.Elapsed().Seconds(), "rows/s")
+}
+
+// A deleted customer answers as Stripe's does: GET gives only id, object
+// and deleted: true; its balance transactions are 404; the list leaves it
+// out; a customer.deleted event (and its thin form) names it.
+func TestDeleteCustomer(t *testing.T) {
+	e := newEmu(t, Config{Seed: 9, Customers: 5, Accounts: []string{"", connected}})
+	var victim Customer
+	for _, c := range e.Customers() {
+		if c.Account == connected && c.Transactions > 0 {
+			victim = c
+			break
+		}
+	}
+	if victim.ID == "" {
+		t.Fatal("no connected customer with transactions")
+	}
+	ev, err := e.DeleteCustomer(connected, victim.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, body := get(t, e, connected, "/v1/customers/"+victim.ID)
+	var got map[string]any
+	if err := json.Unmarshal(body, &got); err != nil || code != 200 || len(got) != 3 ||
+		got["id"] != victim.ID || got["object"] != "customer" || got["deleted"] != true {
+		t.Errorf("GET the deleted customer: %d %s", code, body)
+	}
+	if code, body := get(t, e, connected, "/v1/customers/"+victim.ID+"/balance_transactions"); code != 404 ||
+		!strings.Contains(string(body), "resource_missing") {
+		t.Errorf("its balance transactions: %d %s, want 404 resource_missing", code, body)
+	}
+	if code, _ := get(t, e, "", "/v1/customers/"+victim.ID); code != 404 {
+		t.Errorf("the deleted customer from another account: %d, want 404", code)
+	}
+	if slices.Contains(ids(t, getPage(t, e, connected, "/v1/customers?limit=100").Data), victim.ID) {
+		t.Error("the deleted customer is still listed")
+	}
+	if _, ok := e.CustomerTruth(connected, victim.ID); ok {
+		t.Error("the deleted customer is still in the truth")
+	}
+	if _, err := e.DeleteCustomer(connected, victim.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("deleting twice: %v, want ErrNotFound", err)
+	}
+	var snap struct {
+		Type    string `json:"type"`
+		Account string `json:"account"`
+		Data    struct {
+			Object struct{ ID, Object string } `json:"object"`
+		} `json:"data"`
+	}
+	var thin struct {
+		Type          string                    `json:"type"`
+		Context       *string                   `json:"context"`
+		RelatedObject struct{ ID, Type string } `json:"related_object"`
+	}
+	if err := json.Unmarshal(ev.Raw, &snap); err != nil || snap.Type != "customer.deleted" || snap.Account != connected ||
+		snap.Data.Object.ID != victim.ID || snap.Data.Object.Object != "customer" || ev.Customer != victim.ID {
+		t.Errorf("event %s", ev.Raw)
+	}
+	if err := json.Unmarshal(ev.Thin, &thin); err != nil || thin.Type != "v1.customer.deleted" || thin.Context == nil ||
+		*thin.Context != connected || thin.RelatedObject.ID != victim.ID || thin.RelatedObject.Type != "customer" {
+		t.Errorf("thin event %s", ev.Thin)
+	}
+	p := getPage(t, e, connected, "/v1/events?types[]=customer.deleted")
+	if got := ids(t, p.Data); !slices.Equal(got, []string{ev.ID}) {
+		t.Errorf("/v1/events?types[]=customer.deleted lists %v, want [%s]", got, ev.ID)
+	}
 }

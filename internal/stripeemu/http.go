@@ -280,10 +280,13 @@ func (e *Emulator) getObject(kind string) http.HandlerFunc {
 func (e *Emulator) getCustomer(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	e.mu.RLock()
-	c, ok := e.account(r).customerByID[id]
+	a := e.account(r)
+	c, ok := a.customerByID[id]
 	var raw []byte
 	if ok {
 		raw = c.raw
+	} else {
+		raw, ok = a.deleted[id]
 	}
 	e.mu.RUnlock()
 	if !ok {

@@ -8,6 +8,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"go.uber.org/zap"
 
+	"github.com/syncd/syncd/internal/metrics"
 	"github.com/syncd/syncd/internal/row"
 	"github.com/syncd/syncd/internal/sink"
 )
@@ -285,4 +286,119 @@ func readSlice(ctx context.Context, conn driver.Conn, spec replaySpec, since tim
 		}
 	}
 	return rows.Err()
+}
+
+// Missing-row replay defaults (KeepRecovering).
+const (
+	// missingSettle: a live process commits an object event's transaction
+	// row within moments of its 200 (the background sink lingers a few
+	// seconds); events younger than this are left to it.
+	missingSettle = 20 * time.Second
+	// missingOverlap: each look reaches this far before the last one's
+	// end, so an intake row committed late (up to the ack timeout after its
+	// received_at) is still seen.
+	missingOverlap = 2 * time.Minute
+)
+
+// ReplayMissing writes again the transaction rows of object events
+// received in [from, to) that the transaction table does not hold: what a
+// process that acknowledged them and then died, was scaled away or could
+// not drain left behind. Only missing rows are read and written (by the
+// event id every webhook row carries in _event_id), so every serve process
+// can run it: two writing the same row write it identically.
+func ReplayMissing(ctx context.Context, o RecoverOptions, from, to time.Time, m *metrics.Metrics) ([]Replayed, error) {
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	var out []Replayed
+	for _, spec := range replaySpecs() {
+		r := Replayed{Provider: spec.provider, Since: from}
+		rows, err := o.Conn.Query(ctx, fmt.Sprintf(`SELECT toUnixTimestamp(received_at), payload FROM %s
+			WHERE received_at >= toDateTime(%d) AND received_at < toDateTime(%d)
+			AND created >= toDateTime(%d) AND %s
+			AND id NOT IN (SELECT assumeNotNull(_event_id) FROM %s
+				WHERE _source = '%s' AND _synced_at >= toDateTime(%d) AND _synced_at < toDateTime(%d) AND isNotNull(_event_id))`,
+			spec.intake, from.Unix(), to.Unix(), from.Add(-DefaultRecoverWindow).Unix(), spec.objects,
+			spec.txn.Name, row.SourceWebhook, from.Unix(), to.Unix()))
+		if err != nil {
+			return out, fmt.Errorf("find missing %s transaction rows: %w", spec.provider, err)
+		}
+		var batch [][]any
+		for rows.Next() {
+			var (
+				at      uint32
+				payload string
+			)
+			if err := rows.Scan(&at, &payload); err != nil {
+				rows.Close()
+				return out, fmt.Errorf("find missing %s transaction rows: %w", spec.provider, err)
+			}
+			r.Events++
+			d, err := spec.decode([]byte(payload), time.Unix(int64(at), 0).UTC())
+			if err != nil {
+				r.Skipped++
+				continue
+			}
+			for _, w := range d.writes {
+				if w.derived && w.table.Name == spec.txn.Name {
+					batch = append(batch, w.row)
+				}
+			}
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return out, fmt.Errorf("find missing %s transaction rows: %w", spec.provider, err)
+		}
+		if len(batch) > 0 {
+			ack, err := o.Sink.Write(ctx, spec.txn, batch...)
+			if err == nil {
+				err = ack.Wait(ctx)
+			}
+			if err != nil {
+				return out, fmt.Errorf("write missing %s transaction rows: %w", spec.provider, err)
+			}
+			r.Rows = len(batch)
+			if m != nil {
+				m.RecoveredRows.WithLabelValues(spec.provider).Add(float64(len(batch)))
+			}
+			o.Logger.Warn("acknowledged events' transaction rows were missing; written again from the intake log",
+				zap.String("provider", spec.provider), zap.Int("rows", r.Rows), zap.Time("from", from), zap.Time("to", to))
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// KeepRecovering runs ReplayMissing every interval until ctx ends, over the
+// events received since it started (Recover covers what came before), each
+// look reaching back over the last; a failed look (ClickHouse away) is
+// repeated over a window that grows until one succeeds.
+func KeepRecovering(ctx context.Context, o RecoverOptions, interval time.Duration, m *metrics.Metrics) {
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	from := time.Now().Add(-missingOverlap)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		to := time.Now().Add(-missingSettle).Truncate(time.Second)
+		if !to.After(from) {
+			continue
+		}
+		if _, err := ReplayMissing(ctx, o, from, to, m); err != nil {
+			if ctx.Err() == nil {
+				o.Logger.Debug("cannot look for missing transaction rows yet; will look again", zap.Error(err))
+			}
+			continue
+		}
+		if next := to.Add(-missingOverlap); next.After(from) {
+			from = next
+		}
+	}
 }
