@@ -51,9 +51,15 @@ test: check-clickhouse bin/helm-$(HELM_VERSION) bin/stripe-mock-$(STRIPE_MOCK_VE
 
 # Every package whose tests talk SQL (they import chtest or chserver): CI's
 # second pass runs these on ClickHouse 26.7 (SYNCD_TEST_CLICKHOUSE=chdb).
+# TEST_SQL_FLAGS is -short there: the tests that start, kill and drain
+# several syncd processes (they skip under -short) run in the first pass
+# only, since the chDB engine, clickhouse-local with listeners, was seen to
+# exit without a word under one of them (docs/operations.md, "ClickHouse
+# releases"). make test-sql TEST_SQL_FLAGS= runs them all.
 SQL_PACKAGES = $(shell $(GO) list -f '{{.ImportPath}} {{join .TestImports " "}} {{join .XTestImports " "}}' ./... | grep -E 'internal/(chtest|chserver)( |$$)' | cut -d' ' -f1)
+TEST_SQL_FLAGS ?= -short
 test-sql: check-clickhouse bin/stripe-mock-$(STRIPE_MOCK_VERSION)
-	PATH=$(CURDIR)/bin/stripe-mock-$(STRIPE_MOCK_VERSION).d:$$PATH $(GO) test -race -count=1 -timeout 12m $(SQL_PACKAGES)
+	PATH=$(CURDIR)/bin/stripe-mock-$(STRIPE_MOCK_VERSION).d:$$PATH $(GO) test -race -count=1 -timeout 12m $(TEST_SQL_FLAGS) $(SQL_PACKAGES)
 
 lint:
 	@unformatted=$$(gofmt -l .); \

@@ -248,6 +248,23 @@ func (s *Server) Stop() error {
 	return fmt.Errorf("stop clickhouse server in %s: killed after %s without exiting on SIGTERM", s.Dir, stopGrace)
 }
 
+// Exited reports whether the server process has exited on its own, and
+// how (cmd.Wait's error, which names a signal).
+func (s *Server) Exited() (bool, error) {
+	if s.cmd == nil {
+		return false, nil
+	}
+	select {
+	case <-s.exited:
+		return true, s.err
+	default:
+		return false, nil
+	}
+}
+
+// LogTail is the end of the server's logs, for an error message.
+func (s *Server) LogTail() string { return s.logTail() }
+
 // Restart stops the server and starts it again on the same ports and data
 // directory, and waits until it is ready.
 func (s *Server) Restart(ctx context.Context) error {

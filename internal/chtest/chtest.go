@@ -167,8 +167,25 @@ func open(dsn string) (driver.Conn, error) {
 func sharedServer() (*chserver.Server, error) {
 	shared.mu.Lock()
 	defer shared.mu.Unlock()
-	if shared.srv != nil || shared.err != nil {
-		return shared.srv, shared.err
+	if shared.srv != nil {
+		exited, why := shared.srv.Exited()
+		if !exited {
+			return shared.srv, nil
+		}
+		// Say so loudly (the test that was using it has failed), and
+		// give the tests after it a server again, on the same data.
+		fmt.Fprintf(os.Stderr, "chtest: the shared ClickHouse server exited on its own (%v); restarting it%s\n", why, shared.srv.LogTail())
+		ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+		defer cancel()
+		_ = shared.srv.Stop()
+		if err := shared.srv.Start(ctx); err != nil {
+			shared.srv, shared.err = nil, err
+			return nil, err
+		}
+		return shared.srv, nil
+	}
+	if shared.err != nil {
+		return nil, shared.err
 	}
 	dir, err := os.MkdirTemp("", "syncd-chtest-")
 	if err != nil {
