@@ -140,6 +140,11 @@ func (s *Server) launch(ctx context.Context, bin string, args []string) error {
 
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = s.Dir
+	if s.Engine == EngineChDB {
+		// clickhouse-local reads ./config.xml when it finds one: not the
+		// 18.16 server's, should this directory have held one.
+		cmd.Dir = filepath.Join(s.Dir, "data")
+	}
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = sysProcAttr(s.Detach)

@@ -181,3 +181,30 @@ func fakeLookPath(onPath map[string]string) func(string) (string, error) {
 		return "", errors.New("not found")
 	}
 }
+
+// TestChDBIgnoresAServerConfigInItsDir: a directory that held the 18.16
+// server (make demo's .tmp/clickhouse, say) has its config.xml, which
+// clickhouse-local would read from its working directory; the 26.7 engine
+// starts there all the same.
+func TestChDBIgnoresAServerConfigInItsDir(t *testing.T) {
+	if _, err := findChDB(os.Getenv); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(dir+"/config.xml", []byte("<yandex><not-closed>"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s := &Server{Dir: dir, Engine: EngineChDB}
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop()
+	if got := query(t, s, "SELECT 1"); got != "1\n" {
+		t.Errorf("SELECT 1 = %q", got)
+	}
+}
