@@ -311,29 +311,6 @@ func (r *runner) run(sum *Summary) error {
 	enumErr := r.enumerate(states, chosen, jobs)
 	close(jobs)
 	workers.Wait()
-	// Every customer is read: close the sweeps, so that the next run starts
-	// a new one. The rows go with the last rows and checkpoints rather
-	// than after them, which would add an insert to the end of every run.
-	// Should those fail, the run fails, and the next run starts a new
-	// sweep instead of resuming this one: it reads every customer, which
-	// is all that resuming would have done and more.
-	var finished []*sink.Ack
-	if chosen == nil && enumErr == nil && r.ctx.Err() == nil && r.malformed.Load() == 0 {
-		for _, st := range states {
-			// Under st.mu: the checkpoint stage may still be moving the
-			// cursor (advance), and its rows now say finished too.
-			st.mu.Lock()
-			st.run.Finished = true
-			vals := st.run.row(time.Now())
-			st.mu.Unlock()
-			a, err := o.Sink.Write(r.ctx, runTable, vals)
-			if err != nil {
-				r.fail(err)
-				break
-			}
-			finished = append(finished, a)
-		}
-	}
 	// Nothing large is coming: the last rows and checkpoints go now
 	// instead of waiting out the sink's linger.
 	o.Sink.StopLingering()
@@ -353,6 +330,25 @@ func (r *runner) run(sum *Summary) error {
 		}
 		if err := st.started.Wait(r.ctx); err != nil {
 			return fmt.Errorf("record the new run: %w", err)
+		}
+	}
+	// Every customer is read and checkpointed: close the sweeps, so that
+	// the next run starts a new one. Only now: a run row saying finished
+	// while checkpoints were still on their way would, after a kill, make
+	// the next run start a new sweep and read again the customers this
+	// one had finished (one insert more at the end of a run is the cost).
+	var finished []*sink.Ack
+	if chosen == nil && r.malformed.Load() == 0 {
+		for _, st := range states {
+			st.mu.Lock()
+			st.run.Finished = true
+			vals := st.run.row(time.Now())
+			st.mu.Unlock()
+			a, err := o.Sink.Write(r.ctx, runTable, vals)
+			if err != nil {
+				return fmt.Errorf("record the finished run: %w", err)
+			}
+			finished = append(finished, a)
 		}
 	}
 	for _, a := range finished {
