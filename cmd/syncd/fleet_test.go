@@ -71,23 +71,7 @@ func TestFleetLosesNothingWhenReplicasGo(t *testing.T) {
 	objects := objectEvents("fleet", 40)
 	emu.ResetCounters()
 
-	procs := make([]*process, 3)
-	for i := range procs {
-		procs[i] = startProcess(t, bin, args)
-	}
-	for _, p := range procs {
-		p.ready(t)
-	}
-	// Each has joined and sees the other two.
-	deadline := time.Now().Add(30 * time.Second)
-	for _, p := range procs {
-		for !strings.Contains(scrape(t, p.admin), "syncd_fleet_members 3") {
-			if time.Now().After(deadline) {
-				t.Fatalf("a process does not see three members:\n%s", p.logs)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
+	procs := startFleet(t, bin, args, 3)
 
 	// Deliveries go round robin to the processes still up; one that is
 	// gone is skipped, as a load balancer does.
@@ -231,22 +215,7 @@ func TestFleetSharesTheRateLimit(t *testing.T) {
 	args := serveArgs(dsn, append(source, "--stripe-webhook-secret", testSecret)...)
 	triggers := mutate(t, emu, emu.Customers(), -55)
 
-	procs := make([]*process, 3)
-	for i := range procs {
-		procs[i] = startProcess(t, bin, args)
-	}
-	for _, p := range procs {
-		p.ready(t)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for _, p := range procs {
-		for !strings.Contains(scrape(t, p.admin), "syncd_fleet_members 3") {
-			if time.Now().After(deadline) {
-				t.Fatalf("a process does not see three members:\n%s", p.logs)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
+	procs := startFleet(t, bin, args, 3)
 	reqs.mu.Lock()
 	reqs.times = nil
 	reqs.mu.Unlock()
@@ -287,4 +256,28 @@ func TestFleetSharesTheRateLimit(t *testing.T) {
 	if len(reqs.times) < 4*limit {
 		t.Errorf("only %d requests: the load did not test the limit", len(reqs.times))
 	}
+}
+
+// startFleet starts n `syncd serve` processes with args and waits until
+// each is ready and sees all n in the fleet.
+func startFleet(t *testing.T, bin string, args []string, n int) []*process {
+	t.Helper()
+	procs := make([]*process, n)
+	for i := range procs {
+		procs[i] = startProcess(t, bin, args)
+	}
+	for _, p := range procs {
+		p.ready(t)
+	}
+	want := fmt.Sprintf("syncd_fleet_members %d\n", n)
+	deadline := time.Now().Add(30 * time.Second)
+	for _, p := range procs {
+		for !strings.Contains(scrape(t, p.admin), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("a process does not see %d members:\n%s", n, p.logs)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return procs
 }

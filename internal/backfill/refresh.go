@@ -3,6 +3,7 @@ package backfill
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"net/http"
 	"strconv"
@@ -232,6 +233,21 @@ func (r *Refresher) observe(d time.Duration) {
 	r.took += (d - r.took) / 8
 }
 
+// keepOwned filters queue in place to the keys this process owns, calling
+// drop for each other one; r.mu is held.
+func keepOwned[K fmt.Stringer](r *Refresher, queue []K, drop func(K)) []K {
+	kept := queue[:0]
+	for _, k := range queue {
+		if r.owns(k.String()) {
+			kept = append(kept, k)
+		} else {
+			drop(k)
+		}
+	}
+	clear(queue[len(kept):])
+	return kept
+}
+
 func (r *Refresher) owns(key string) bool {
 	return r.o.Owner == nil || r.o.Owner.Owns(key)
 }
@@ -242,31 +258,13 @@ func (r *Refresher) owns(key string) bool {
 // flight finish.
 func (r *Refresher) Rebalance() {
 	r.mu.Lock()
-	ready := r.ready[:0]
-	for _, k := range r.ready {
-		if r.owns(k.String()) {
-			ready = append(ready, k)
-		} else {
-			delete(r.entries, k)
-		}
-	}
-	clear(r.ready[len(ready):])
-	r.ready = ready
+	r.ready = keepOwned(r, r.ready, func(k refreshKey) { delete(r.entries, k) })
 	for k, e := range r.entries {
 		if !e.running && !e.queued && !r.owns(k.String()) { // waiting to retry
 			delete(r.entries, k)
 		}
 	}
-	relReady := r.relatedReady[:0]
-	for _, k := range r.relatedReady {
-		if r.owns(k.String()) {
-			relReady = append(relReady, k)
-		} else {
-			delete(r.related, k)
-		}
-	}
-	clear(r.relatedReady[len(relReady):])
-	r.relatedReady = relReady
+	r.relatedReady = keepOwned(r, r.relatedReady, func(k relatedKey) { delete(r.related, k) })
 	r.queueGauge()
 	r.mu.Unlock()
 	select {
