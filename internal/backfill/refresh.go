@@ -25,10 +25,12 @@ type RefresherOptions struct {
 	Conn    driver.Conn // reads cursors and the intake log
 	Metrics *metrics.Metrics
 	Logger  *zap.Logger
-	// Workers caps the refreshes in flight at once. 0 (the default): as
-	// many as keep the rate limit busy, by Little's law: this process's
-	// share of the limit × the time a refresh takes (measured) × 1.5, plus
-	// 2, between 4 and 256. The limiter, not this, bounds the request rate.
+	// Workers caps the refreshes reading the API at once; one whose
+	// rows are read waits for their commit without holding a place. 0 (the
+	// default): as many as keep the rate limit busy, by Little's law on
+	// the request: this process's share of the limit × a request's
+	// latency (measured, without the wait for the limiter) × 1.5, plus 2,
+	// between 4 and 256. The limiter, not this, bounds the request rate.
 	Workers int
 
 	// RetryInitial and RetryMax bound the delay before a failed refresh is
@@ -78,10 +80,10 @@ type Refresher struct {
 	mu      sync.Mutex
 	entries map[refreshKey]*dirty
 	ready   []refreshKey
-	running int
+	running int                   // refreshes started and not finished
+	reading int                   // refreshes and related reads holding a place to read the API
 	cursors map[refreshKey]string // newest id held, once read or written
 	parked  map[string]time.Time  // account → until when its marks are dropped
-	took    time.Duration         // moving average of a refresh's duration
 	wake    chan struct{}
 	sweep   chan struct{} // a full sweep now (the fleet changed)
 
@@ -101,6 +103,7 @@ type dirty struct {
 	eventID      string    // the newest mark's event: the rows' _event_id
 	through      time.Time // while running: the events this refresh covers
 	running      bool
+	reading      bool // running and holding a place to read the API
 	queued       bool // in ready
 	again        bool // marked while running: refresh once more
 	againSince   time.Time
@@ -199,38 +202,45 @@ func (r *Refresher) mark(k refreshKey, eventID string, received time.Time) {
 	r.queueGauge()
 }
 
-// maxAutoWorkers bounds the refreshes in flight when Workers is 0.
+// maxAutoWorkers bounds the refreshes reading the API when Workers is 0.
 const maxAutoWorkers = 256
 
-// concurrency is how many refreshes may be in flight now; r.mu is held.
+// maxRunning bounds the refreshes started and not finished, most of them
+// waiting for their rows to commit: while ClickHouse is slow, the rows
+// stay in the sink's bounded queue and the marks in the entries, rather
+// than in ever more goroutines.
+const maxRunning = 4096
+
+// concurrency is how many refreshes (and related reads) may read the API
+// at once; r.mu is held.
+//
+// It is Little's law on the request, not on the refresh: the requests a
+// limit of λ/s needs in flight are λ × a request's latency. A refresh's
+// own duration is no measure of that: it includes the wait for the limiter
+// and for ClickHouse, both of which grow with the refreshes in flight, so
+// sizing by it ran away to the cap, and with hundreds of requests queued
+// at the limiter each page of a customer waited seconds for its turn (the
+// customers with many pages, read one page after another, then drained
+// long after the rest: 0.62–0.77 of the limit, issue 16). The latency is
+// the source's moving average of a request without the limiter's wait;
+// × 1.5 + 2 leaves room for its jitter and for the rest of a read (the
+// cursor query, the rows handed to the sink).
 func (r *Refresher) concurrency() int {
 	if r.o.Workers > 0 {
 		return r.o.Workers
 	}
-	rate := math.Inf(1)
+	rate, latency := math.Inf(1), time.Duration(0)
 	if r.o.Source != nil {
-		rate = r.o.Source.CurrentLimit()
+		rate, latency = r.o.Source.CurrentLimit(), r.o.Source.Latency()
 	}
-	took := r.took
-	if took == 0 {
-		took = time.Second // until measured: generous
+	if latency <= 0 {
+		latency = time.Second // until measured: generous, so the start is at full rate
 	}
-	n := rate*took.Seconds()*1.5 + 2
+	n := rate*latency.Seconds()*1.5 + 2
 	if math.IsInf(n, 0) || math.IsNaN(n) || n > maxAutoWorkers {
 		return maxAutoWorkers
 	}
 	return max(4, int(math.Ceil(n)))
-}
-
-// observe folds a refresh's duration into the moving average.
-func (r *Refresher) observe(d time.Duration) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.took == 0 {
-		r.took = d
-		return
-	}
-	r.took += (d - r.took) / 8
 }
 
 // keepOwned filters queue in place to the keys this process owns, calling
@@ -322,35 +332,27 @@ func (r *Refresher) Run(ctx context.Context) error {
 	defer stopGrace()
 
 	var wg sync.WaitGroup
-	workers := r.o.Workers
-	if workers <= 0 {
-		workers = maxAutoWorkers
-	}
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				k, rk, ok := r.next(ctx)
-				switch {
-				case !ok:
-					return
-				case rk != nil:
-					r.resolved(*rk, r.resolve(work, *rk))
-				default:
-					start := time.Now()
-					err := r.refresh(work, k)
-					r.observe(time.Since(start))
-					r.finish(k, err)
-				}
+	// The dispatcher holds a count of wg until it returns, so the counts
+	// it adds for what it starts never race with Wait.
+	wg.Go(func() {
+		for {
+			k, rk, ok := r.next(ctx)
+			switch {
+			case !ok:
+				return
+			case rk != nil:
+				wg.Go(func() {
+					release := sync.OnceFunc(r.release)
+					err := r.resolve(work, *rk, release)
+					release()
+					r.resolved(*rk, err)
+				})
+			default:
+				wg.Go(func() { r.finish(k, r.refresh(work, k)) })
 			}
-		}()
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		r.sweepOwed(ctx)
-	}()
+		}
+	})
+	wg.Go(func() { r.sweepOwed(ctx) })
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -474,32 +476,46 @@ func (r *Refresher) sweepOnce(ctx context.Context, since time.Time, full bool) e
 	return nil
 }
 
-// next waits for a customer to refresh or a related object to read (rk
-// non-nil; first, since each leads to a refresh), or for ctx to end.
+// next waits for a place to read the API and a customer to refresh or a
+// related object to read (rk non-nil; first, since each leads to a
+// refresh), or for ctx to end. The place is taken: the refresh gives it up
+// once it has read the API (doneReading), the related read once it has its
+// answer (release).
 func (r *Refresher) next(ctx context.Context) (k refreshKey, rk *relatedKey, ok bool) {
 	for {
 		if ctx.Err() != nil {
 			return refreshKey{}, nil, false
 		}
 		r.mu.Lock()
+		if r.reading >= r.concurrency() {
+			r.mu.Unlock()
+			select {
+			case <-r.wake:
+			case <-ctx.Done():
+				return refreshKey{}, nil, false
+			}
+			continue
+		}
 		if len(r.relatedReady) > 0 {
 			rk := r.relatedReady[0]
 			r.relatedReady = r.relatedReady[1:]
+			r.reading++
 			if len(r.relatedReady) > 0 || len(r.ready) > 0 {
 				r.signal()
 			}
 			r.mu.Unlock()
 			return refreshKey{}, &rk, true
 		}
-		if len(r.ready) > 0 && r.running < r.concurrency() {
+		if len(r.ready) > 0 && r.running < maxRunning {
 			k := r.ready[0]
 			r.ready[0] = refreshKey{}
 			r.ready = r.ready[1:]
 			e := r.entries[k]
-			e.queued, e.running = false, true
+			e.queued, e.running, e.reading = false, true, true
 			// What this refresh will cover (see refresh).
 			e.through = time.Now().Truncate(time.Second).Add(-time.Second)
 			r.running++
+			r.reading++
 			if len(r.ready) > 0 {
 				r.signal()
 			}
@@ -542,9 +558,13 @@ func (r *Refresher) finish(k refreshKey, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e := r.entries[k]
+	if e.reading { // failed while reading the API
+		e.reading = false
+		r.reading--
+	}
 	e.running = false
 	r.running--
-	r.signal() // a slot is free
+	r.signal() // a place is free
 	defer r.queueGauge()
 	if status, permanent := permanentError(err); permanent {
 		// Retrying cannot help until someone acts: park the account and
@@ -585,8 +605,32 @@ func (r *Refresher) finish(k refreshKey, err error) {
 	delete(r.entries, k)
 }
 
-// refresh reads k's new transactions, waits until they are committed, then
-// records the cursor and the completion.
+// release gives up a related read's place to read the API.
+func (r *Refresher) release() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.reading--
+	r.signal()
+}
+
+// doneReading gives up k's place to read the API: its refresh has read what it
+// needs and now only waits for ClickHouse.
+func (r *Refresher) doneReading(k refreshKey) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e := r.entries[k]; e.reading {
+		e.reading = false
+		r.reading--
+		r.signal()
+	}
+}
+
+// refresh reads k's new transactions, gives up its place to read the API,
+// waits until the rows are committed, then records the cursor and the
+// completion: never before the rows, so that a cursor never skips a row
+// that is not held. The wait holds no place, so the requests in flight do
+// not depend on how fast ClickHouse commits; the cursor and completion rows
+// of the refreshes finishing together share the sink's inserts.
 func (r *Refresher) refresh(ctx context.Context, k refreshKey) error {
 	// Every trigger received before start announced a change this list call
 	// sees; DateTime has whole seconds, so claim one second less.
@@ -616,6 +660,7 @@ func (r *Refresher) refresh(ctx context.Context, k refreshKey) error {
 	if err != nil {
 		return err
 	}
+	r.doneReading(k)
 	if err := res.wait(ctx); err != nil {
 		return err
 	}

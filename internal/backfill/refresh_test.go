@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/syncd/syncd/internal/row"
+	"github.com/syncd/syncd/internal/sink"
 	"github.com/syncd/syncd/internal/stripeemu"
 )
 
@@ -161,4 +162,81 @@ func assertRestartOwesNothing(t *testing.T, w *warehouse, emu *stripeemu.Emulato
 	if n := emu.Requests().Total; n != 0 {
 		t.Errorf("a restart with nothing owed sent %d requests; want 0", n)
 	}
+}
+
+// TestRefreshReadsOnWhileRowsCommit: a refresh gives up its place to read
+// the API once it has read, so with a single place and a sink that lingers
+// 4 s before each insert every marked customer is read before the first
+// insert, where a refresh holding its place until its rows and cursor were
+// committed read one customer per two commits. No cursor is recorded
+// before the rows it covers are held.
+func TestRefreshReadsOnWhileRowsCommit(t *testing.T) {
+	t.Parallel()
+	w := newWarehouseWith(t, sink.Options{BatchRows: 100_000, FlushInterval: 4 * time.Second})
+	emu, url := newEmulator(t, stripeemu.Config{Seed: 11, Customers: 12})
+	r := NewRefresher(RefresherOptions{Source: newSource(t, url, w.m, 0), Sink: w.sink, Conn: w.conn, Metrics: w.m,
+		Logger: testLogger(t), Workers: 1})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = r.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	cs := emu.Customers()
+	for _, c := range cs {
+		r.MarkDirty(c.Account, c.ID, "")
+	}
+	waitFor(t, 3*time.Second, "every customer read from the API", func() bool { return emu.Requests().Total >= int64(len(cs)) })
+	if n := countRows(t, w, `SELECT count() FROM stripe_customer_balance_transactions`); n != 0 {
+		t.Fatalf("%d rows committed before the sink's 4 s linger ended: the test proves nothing", n)
+	}
+
+	truth := map[string]int{}
+	for _, c := range cs {
+		truth[c.ID] = len(emu.TruthFor(c.Account, c.ID))
+	}
+	for !r.Idle() {
+		// Cursors first, rows second: rows only grow, so a customer whose
+		// cursor was recorded must have all its rows by the second read.
+		withCursor := customerCounts(t, w, `SELECT customer, count() FROM sync_cursors GROUP BY customer`)
+		held := customerCounts(t, w, `SELECT customer, count() FROM stripe_customer_balance_transactions GROUP BY customer`)
+		for c := range withCursor {
+			if held[c] != truth[c] {
+				t.Fatalf("customer %s has a cursor but %d of its %d rows", c, held[c], truth[c])
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	assertMirrors(t, w.conn, emu.Truth())
+}
+
+func countRows(t *testing.T, w *warehouse, query string) uint64 {
+	t.Helper()
+	var n uint64
+	if err := w.conn.QueryRow(context.Background(), query).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// customerCounts runs a query of (customer, count) pairs.
+func customerCounts(t *testing.T, w *warehouse, query string) map[string]int {
+	t.Helper()
+	rows, err := w.conn.Query(context.Background(), query)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var c string
+		var n uint64
+		if err := rows.Scan(&c, &n); err != nil {
+			t.Fatal(err)
+		}
+		out[c] = int(n)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

@@ -89,13 +89,15 @@ func (r *Refresher) MarkRelated(ev row.StripeEvent, objectType, id string) {
 	}
 }
 
-// resolve reads k's customer, records it on every event that referred to
-// k, and marks the customer dirty. A failure leaves k to be retried.
-func (r *Refresher) resolve(ctx context.Context, k relatedKey) error {
+// resolve reads k's customer, gives up its place to read the API
+// (release), records the customer on every event that referred to k, and
+// marks the customer dirty. A failure leaves k to be retried.
+func (r *Refresher) resolve(ctx context.Context, k relatedKey, release func()) error {
 	r.mu.Lock()
 	evs := r.related[k]
 	r.mu.Unlock()
 	customer, err := r.o.Source.RelatedCustomer(ctx, k.account, k.objectType, k.id)
+	release()
 	if NotFound(err) {
 		customer, err = "", nil
 	}

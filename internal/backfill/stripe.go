@@ -120,6 +120,11 @@ func (s *StripeSource) RateLimit() float64 { return s.limit }
 // share of the rate limit; +Inf when unlimited).
 func (s *StripeSource) CurrentLimit() float64 { return float64(s.limiter.Limit()) }
 
+// Latency is the moving average of a successful request's duration, from
+// sending it to its answer (the wait for the limiter not included); 0
+// until one has succeeded.
+func (s *StripeSource) Latency() time.Duration { return time.Duration(s.latency.Load()) }
+
 // Share spends a 1/n share of the configured rate limit: n processes
 // sharing the account's budget (internal/fleet).
 func (s *StripeSource) Share(n int) { share(s.limiter, s.limit, n) }

@@ -211,7 +211,7 @@ func Parse(command string, args []string, getenv func(string) string, stderr io.
 		secretFile("orb-webhook-secret", orbSecrets.add)
 		fs.DurationVar(&c.WebhookTolerance, "webhook-tolerance", 5*time.Minute, "max age and max future skew of a signed timestamp")
 		fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 25*time.Second, "how long SIGTERM may take to drain (keep below terminationGracePeriodSeconds)")
-		fs.IntVar(&c.RefreshWorkers, "refresh-workers", 0, "most customer refreshes in flight at once; 0: as many as keep the rate limit busy (measured)")
+		fs.IntVar(&c.RefreshWorkers, "refresh-workers", 0, "most customer refreshes reading the API at once; 0: as many as keep the rate limit busy (rate limit × measured request latency × 1.5 + 2)")
 	case CmdBackfill:
 		sourceFlags()
 		sinkFlags(BackfillBatchRows, BackfillFlushInterval, BackfillQueueBytes)
