@@ -17,6 +17,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/syncd/syncd/internal/ratelimit"
 )
 
 func main() {
@@ -43,6 +45,27 @@ type options struct {
 	webhookURL    string
 	webhookSecret string
 	thinEvents    bool
+	limitsOff     bool
+	limits        ratelimit.Limits // overrides of the documented limits: 0 keeps one
+	scope         ratelimit.Scope
+}
+
+// limitsFor are the limits the emulator enforces: the provider's
+// documented ones (def) with the flags' overrides, or none.
+func (o options) limitsFor(def ratelimit.Limits) ratelimit.Limits {
+	if o.limitsOff {
+		return ratelimit.Limits{}
+	}
+	if o.limits.Global > 0 {
+		def.Global = o.limits.Global
+	}
+	if o.limits.Endpoint > 0 {
+		def.Endpoint = o.limits.Endpoint
+	}
+	if o.limits.Concurrency > 0 {
+		def.Concurrency = o.limits.Concurrency
+	}
+	return def
 }
 
 // emulator is what the command needs from a provider's emulator.
@@ -77,6 +100,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs.DurationVar(&o.latency, "latency", 0, "delay added to every API request")
 	fs.Float64Var(&o.rate429, "rate-429", 0, "fraction of API requests answered 429")
 	fs.Float64Var(&o.rate500, "rate-500", 0, "fraction of API requests answered 500")
+	limits := fs.String("limits", "documented", "rate limits enforced per account: documented (the provider's for --livemode: Stripe 100/s live, 25/s test, 25/s per endpoint; Orb 100/s live, 50/s test; and 20 requests in flight), or off")
+	fs.Float64Var(&o.limits.Global, "rate-limit", 0, "requests per second per account (0: documented)")
+	fs.Float64Var(&o.limits.Endpoint, "endpoint-rate-limit", 0, "stripe: requests per second to each endpoint per account (0: documented)")
+	fs.IntVar(&o.limits.Concurrency, "max-concurrent-requests", 0, "requests in flight per account (0: 20)")
+	scope := fs.String("rate-limit-scope", "platform", "stripe: whose budget a Connect account's requests spend: platform or account")
 	fs.StringVar(&o.webhookURL, "webhook-url", "", "where mutations POST signed webhooks; empty sends none")
 	fs.BoolVar(&o.thinEvents, "thin-events", false, "stripe: POST thin events (v2.core.event notifications) instead of snapshot events")
 	fs.StringVar(&o.webhookSecret, "webhook-secret", getenv("EMULATOR_WEBHOOK_SECRET"),
@@ -86,6 +114,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return nil
 		}
 		return err
+	}
+	switch *limits {
+	case "documented":
+	case "off":
+		o.limitsOff = true
+	default:
+		return fmt.Errorf("--limits %q: want documented or off", *limits)
+	}
+	if o.limits.Global < 0 || o.limits.Endpoint < 0 || o.limits.Concurrency < 0 {
+		return errors.New("--rate-limit, --endpoint-rate-limit and --max-concurrent-requests must be positive")
+	}
+	o.scope = ratelimit.Scope(*scope)
+	if o.scope != ratelimit.ScopePlatform && o.scope != ratelimit.ScopeAccount {
+		return fmt.Errorf("--rate-limit-scope %q: want platform or account", *scope)
 	}
 	newEmu, ok := providers[*name]
 	if !ok {

@@ -127,3 +127,39 @@ func TestUnknownProvider(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// The documented limits are enforced unless --limits off; the flags
+// override them.
+func TestLimitFlags(t *testing.T) {
+	status := func(url string) (int, string) {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		req.Header.Set("Authorization", "Bearer sk_test_demo")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode, resp.Header.Get("Stripe-Rate-Limited-Reason")
+	}
+	url := start(t, "--customers", "2", "--rate-limit", "1", "--endpoint-rate-limit", "5")
+	status(url + "/v1/customers")
+	if code, reason := status(url + "/v1/events"); code != http.StatusTooManyRequests || reason != "global-rate" {
+		t.Errorf("second request at 1/s: %d %q", code, reason)
+	}
+	url = start(t, "--customers", "2", "--endpoint-rate-limit", "1")
+	status(url + "/v1/customers")
+	if code, reason := status(url + "/v1/customers"); code != http.StatusTooManyRequests || reason != "endpoint-rate" {
+		t.Errorf("second request to an endpoint at 1/s: %d %q", code, reason)
+	}
+	url = start(t, "--customers", "2", "--limits", "off", "--rate-limit", "1")
+	for range 5 {
+		if code, _ := status(url + "/v1/customers"); code != http.StatusOK {
+			t.Errorf("--limits off: %d", code)
+		}
+	}
+	for _, bad := range [][]string{{"--limits", "some"}, {"--rate-limit-scope", "all"}, {"--rate-limit", "-1"}} {
+		if err := run(context.Background(), bad, func(string) string { return "" }, io.Discard, io.Discard); err == nil {
+			t.Errorf("%v: no error", bad)
+		}
+	}
+}

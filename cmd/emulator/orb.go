@@ -11,8 +11,19 @@ import (
 
 	"github.com/shopspring/decimal"
 
+	"github.com/syncd/syncd/internal/orbapi"
 	"github.com/syncd/syncd/internal/orbemu"
+	"github.com/syncd/syncd/internal/ratelimit"
 )
+
+// orbLimits are Orb's documented limits in live or test mode.
+func orbLimits(live bool) ratelimit.Limits {
+	l := orbapi.DefaultLimits()
+	if live {
+		l.Global = orbapi.LiveRate
+	}
+	return l
+}
 
 func newOrb(o options, mux *http.ServeMux) (emulator, error) {
 	if len(o.accounts) > 1 || (len(o.accounts) == 1 && o.accounts[0] != "") {
@@ -21,7 +32,7 @@ func newOrb(o options, mux *http.ServeMux) (emulator, error) {
 	emu, err := orbemu.New(orbemu.Config{
 		Seed: o.seed, Customers: o.customers, HeavyTxns: o.heavy, End: o.end,
 		Latency: o.latency, Rate429: o.rate429, Rate500: o.rate500,
-		WebhookURL: o.webhookURL, WebhookSecret: o.webhookSecret,
+		WebhookURL: o.webhookURL, WebhookSecret: o.webhookSecret, Limits: o.limitsFor(orbLimits(o.livemode)),
 	})
 	if err != nil {
 		return nil, err

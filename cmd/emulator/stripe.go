@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/syncd/syncd/internal/stripeapi"
 	"github.com/syncd/syncd/internal/stripeemu"
 )
 
@@ -17,6 +18,7 @@ func newStripe(o options, mux *http.ServeMux) (emulator, error) {
 		Seed: o.seed, Customers: o.customers, Accounts: o.accounts, HeavyCustomers: o.heavy,
 		End: o.end, Livemode: o.livemode, Latency: o.latency, Rate429: o.rate429, Rate500: o.rate500,
 		WebhookURL: o.webhookURL, WebhookSecret: o.webhookSecret, ThinEvents: o.thinEvents,
+		Limits: o.limitsFor(stripeapi.ModeLimits(o.livemode)), LimitScope: o.scope,
 	})
 	if err != nil {
 		return nil, err

@@ -16,6 +16,7 @@ import (
 	"github.com/syncd/syncd/internal/config"
 	"github.com/syncd/syncd/internal/fleet"
 	"github.com/syncd/syncd/internal/metrics"
+	"github.com/syncd/syncd/internal/ratelimit"
 	"github.com/syncd/syncd/internal/sink"
 )
 
@@ -120,23 +121,22 @@ func openCurrent(ctx context.Context, cfg *config.Config) (driver.Conn, error) {
 }
 
 func stripeSource(cfg *config.Config, m *metrics.Metrics, log *zap.Logger) *backfill.StripeSource {
-	return backfill.NewStripeSource(backfill.StripeOptions{
-		APIKey:    cfg.StripeAPIKey,
-		URL:       cfg.StripeAPIURL,
-		RateLimit: cfg.RateLimitFor(config.Stripe),
-		Metrics:   m,
-		Logger:    log,
-	})
+	return backfill.NewStripeSource(sourceOptions(cfg, config.Stripe, m, log))
 }
 
 func orbSource(cfg *config.Config, m *metrics.Metrics, log *zap.Logger) *backfill.OrbSource {
-	return backfill.NewOrbSource(backfill.OrbOptions{
-		APIKey:    cfg.OrbAPIKey,
-		URL:       cfg.OrbAPIURL,
-		RateLimit: cfg.RateLimitFor(config.Orb),
-		Metrics:   m,
-		Logger:    log,
-	})
+	return backfill.NewOrbSource(sourceOptions(cfg, config.Orb, m, log))
+}
+
+// sourceOptions are provider's key, URL and limits as configured.
+func sourceOptions(cfg *config.Config, provider string, m *metrics.Metrics, log *zap.Logger) backfill.SourceOptions {
+	l := cfg.Limits(provider)
+	o := backfill.SourceOptions{APIKey: cfg.StripeAPIKey, URL: cfg.StripeAPIURL, RateLimit: l.Global, EndpointRateLimit: l.Endpoint,
+		MaxConcurrent: l.Concurrency, Scope: ratelimit.Scope(cfg.RateLimitScope), Metrics: m, Logger: log}
+	if provider == config.Orb {
+		o.APIKey, o.URL = cfg.OrbAPIKey, cfg.OrbAPIURL
+	}
+	return o
 }
 
 func isTerminal(w io.Writer) bool {

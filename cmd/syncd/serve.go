@@ -189,10 +189,7 @@ func runServe(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) e
 		})
 		b := &backend{conn: conn, sink: sk, background: bg}
 		if stripeOn {
-			src := backfill.NewStripeSource(backfill.StripeOptions{
-				APIKey: cfg.StripeAPIKey, URL: cfg.StripeAPIURL, RateLimit: cfg.RateLimitFor(config.Stripe),
-				Metrics: m, Logger: log.Named("stripe"),
-			})
+			src := stripeSource(cfg, m, log.Named("stripe"))
 			// The processes sharing this database split the API budget and
 			// the customers between them (internal/fleet).
 			var refresher *backfill.Refresher

@@ -161,7 +161,7 @@ func testServeConvergesUnderDuplicatesAndReordering(t *testing.T, format func([]
 	dsn, conn := migrated(t)
 	emu, api := emulator(t, stripeemu.Config{Seed: 7, Customers: 6, Accounts: []string{"", "acct_conv"}}, nil)
 	in := serveInProcess(t, serveArgs(dsn, "--stripe-api-key", testAPIKey, "--stripe-api-url", api,
-		"--stripe-webhook-secret", testSecret, "--rate-limit", "500", "--stripe-accounts", "all"))
+		"--stripe-webhook-secret", testSecret, "--rate-limit", "500", "--endpoint-rate-limit", "500", "--stripe-accounts", "all"))
 	in.ready(t)
 
 	customers := emu.Customers()

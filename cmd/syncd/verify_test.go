@@ -27,7 +27,7 @@ func stripeCLI(t *testing.T, dsn, api string) func(args ...string) (string, int)
 		t.Helper()
 		var out bytes.Buffer
 		args = append(args, "--clickhouse-dsn", dsn, "--stripe-api-key", testAPIKey, "--stripe-api-url", api,
-			"--stripe-accounts", "all", "--log-level", "error", "--rate-limit", "1000")
+			"--stripe-accounts", "all", "--log-level", "error", "--rate-limit", "1000", "--endpoint-rate-limit", "1000")
 		err := run(context.Background(), args, func(string) string { return "" }, &out, io.Discard)
 		return out.String(), exitCode(err, io.Discard)
 	}

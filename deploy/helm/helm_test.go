@@ -72,6 +72,9 @@ var ExportedMetrics = map[string]string{
 	"syncd_recovered_rows_total":             "counter",
 	"syncd_backfill_deleted_customers_total": "counter",
 	"syncd_refresh_skipped_events_total":     "counter",
+	// The source APIs' limits (docs/limits.md).
+	"syncd_source_throttled_total": "counter",
+	"syncd_source_rate_limit":      "gauge",
 }
 
 // seriesNames are the names a PromQL selector may use for ExportedMetrics.
@@ -1441,11 +1444,22 @@ func TestSweepEveryProvider(t *testing.T) {
 // processes share (docs/operations.md, "Scale"), and every pod that spends
 // it gets the same value.
 func TestBudgetIsTheFleets(t *testing.T) {
-	r := template(t, "--set", "config.rateLimit=30,secrets.existingSecret=creds,orb.enabled=true,replicaCount=3")
+	r := template(t, "--set", "config.rateLimit=30,secrets.existingSecret=creds,orb.enabled=true,replicaCount=3,"+
+		"config.endpointRateLimit=12,config.maxConcurrentRequests=8,config.rateLimitScope=account")
 	if n := len(all[batchv1.CronJob](r)); n != 2 {
 		t.Fatalf("%d CronJobs, want one per provider", n)
 	}
 	checkOneBudget(t, r, "30")
+	// The other limits of the budget are the fleet's too.
+	for owner, pod := range podSpecs(r) {
+		if c := pod.Containers[0]; c.Args[0] != "migrate" {
+			for flag, want := range map[string]string{"endpoint-rate-limit": "12", "max-concurrent-requests": "8", "rate-limit-scope": "account"} {
+				if got, _ := flagValue(c.Args, flag); got != want {
+					t.Errorf("%s: --%s = %q, want %q", owner, flag, got, want)
+				}
+			}
+		}
+	}
 	if _, c := serveContainer(t, template(t, "--show-only", "templates/deployment.yaml")); hasArg(c.Args, "--rate-limit") {
 		t.Errorf("a --rate-limit by default: %v", c.Args)
 	}

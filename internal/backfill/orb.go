@@ -14,18 +14,18 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"golang.org/x/time/rate"
 
 	"github.com/syncd/syncd/internal/metrics"
 	"github.com/syncd/syncd/internal/orbapi"
+	"github.com/syncd/syncd/internal/ratelimit"
 	"github.com/syncd/syncd/internal/row"
 	"github.com/syncd/syncd/internal/sink"
 )
 
 const providerOrb = "orb"
 
-// OrbSource reads the Orb API through orbapi, with the same process-wide
-// token bucket and backoff as StripeSource. It implements Lister.
+// OrbSource reads the Orb API through orbapi, with the same limiter and
+// backoff as StripeSource. It implements Lister.
 //
 // Orb's transactions do not name their customer or currency, so the source
 // remembers every customer it lists (or fetches one it has not listed) and
@@ -33,13 +33,12 @@ const providerOrb = "orb"
 // which cursor follows each page's last customer: the backfill checkpoint
 // is that customer's id.
 type OrbSource struct {
-	client  *orbapi.Client
-	http    *http.Client
-	limiter *rate.Limiter
-	limit   float64
-	retry   Retry
-	m       *metrics.Metrics
-	log     *zap.Logger
+	limited
+	client *orbapi.Client
+	http   *http.Client
+	retry  Retry
+	m      *metrics.Metrics
+	log    *zap.Logger
 
 	requests atomic.Int64
 	retries  atomic.Int64
@@ -52,8 +51,8 @@ type OrbSource struct {
 // NewOrbSource returns a source for o.URL with o.APIKey.
 func NewOrbSource(o OrbOptions) *OrbSource {
 	o.defaults()
-	s := &OrbSource{http: o.HTTPClient, retry: o.Retry, m: o.Metrics, log: o.Logger, limit: o.RateLimit,
-		limiter:   o.limiter(),
+	s := &OrbSource{http: o.HTTPClient, retry: o.Retry, m: o.Metrics, log: o.Logger,
+		limited:   newLimited(&o, providerOrb, "balance_transactions"),
 		customers: map[string]row.OrbCustomer{}, after: map[string]string{}}
 	s.client = &orbapi.Client{BaseURL: o.URL, APIKey: o.APIKey, Do: s.do}
 	return s
@@ -62,31 +61,32 @@ func NewOrbSource(o OrbOptions) *OrbSource {
 // Provider is "orb".
 func (s *OrbSource) Provider() string { return providerOrb }
 
-// RateLimit is the configured requests per second (0: unlimited).
-func (s *OrbSource) RateLimit() float64 { return s.limit }
-
-// Share spends a 1/n share of the configured rate limit (see StripeSource).
-func (s *OrbSource) Share(n int) { share(s.limiter, s.limit, n) }
-
 // Stats reports the HTTP requests sent (retries included) and the retries.
 func (s *OrbSource) Stats() (requests, retries int64) {
 	return s.requests.Load(), s.retries.Load()
 }
 
-// do sends one attempt through the shared rate limiter and counts it.
+// do sends one attempt through the shared limiter and counts it. Orb's
+// 429s name no limit and Orb documents one, the key's rate: each lowers it.
 func (s *OrbSource) do(req *http.Request) (*http.Response, error) {
-	if err := s.limiter.Wait(req.Context()); err != nil {
+	endpoint := orbEndpoint(req.URL.Path)
+	pm, err := s.wait(req.Context(), "", endpoint)
+	if err != nil {
 		return nil, err
 	}
 	t0 := time.Now()
 	resp, err := s.http.Do(req)
 	s.requests.Add(1)
 	s.m.SourceSeconds.WithLabelValues(providerOrb).Observe(time.Since(t0).Seconds())
-	status := 0
+	status, reason := 0, ""
 	if err == nil {
 		status = resp.StatusCode
 	}
-	s.m.SourceRequests.WithLabelValues(providerOrb, orbEndpoint(req.URL.Path), metrics.Code(status)).Inc()
+	if status == http.StatusTooManyRequests {
+		reason = ratelimit.GlobalRate
+	}
+	s.done(pm, "", endpoint, status, reason, reason)
+	s.m.SourceRequests.WithLabelValues(providerOrb, endpoint, metrics.Code(status)).Inc()
 	return resp, err
 }
 

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/syncd/syncd/internal/metrics"
+	"github.com/syncd/syncd/internal/ratelimit"
 	"github.com/syncd/syncd/internal/row"
 	"github.com/syncd/syncd/internal/sink"
 )
@@ -328,6 +329,8 @@ func (r *Refresher) Run(ctx context.Context) error {
 	// waste a list call that is nearly done.
 	work, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
+	// Refreshes wait for the API's limits ahead of backfill and verify reads.
+	work = ratelimit.WithPriority(work, ratelimit.Refresh)
 	stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(r.o.Grace, cancel) })
 	defer stopGrace()
 

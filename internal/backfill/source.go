@@ -5,13 +5,14 @@ package backfill
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"net/http"
 	"time"
 
 	"go.uber.org/zap"
-	"golang.org/x/time/rate"
 
 	"github.com/syncd/syncd/internal/metrics"
+	"github.com/syncd/syncd/internal/ratelimit"
 
 	"github.com/syncd/syncd/internal/row"
 	"github.com/syncd/syncd/internal/sink"
@@ -73,13 +74,21 @@ func itemID(raw json.RawMessage) (string, error) {
 
 // SourceOptions configure a StripeSource or an OrbSource.
 type SourceOptions struct {
-	APIKey     string
-	URL        string  // base URL; "" means the provider's public API
-	RateLimit  float64 // requests per second for the whole process; 0 means unlimited
-	Retry      Retry
-	HTTPClient *http.Client // nil: a client with pooled connections and a 60s timeout
-	Metrics    *metrics.Metrics
-	Logger     *zap.Logger
+	APIKey string
+	URL    string // base URL; "" means the provider's public API
+	// The limits of one budget (internal/ratelimit), split between the
+	// fleet's processes (Share): RateLimit is requests per second in all,
+	// EndpointRateLimit to each endpoint, MaxConcurrent in flight; 0 means
+	// no limit of that kind. Scope says whether Connect accounts share the
+	// platform's budget (the default) or have their own.
+	RateLimit         float64
+	EndpointRateLimit float64
+	MaxConcurrent     int
+	Scope             ratelimit.Scope
+	Retry             Retry
+	HTTPClient        *http.Client // nil: a client with pooled connections and a 60s timeout
+	Metrics           *metrics.Metrics
+	Logger            *zap.Logger
 }
 
 // StripeOptions and OrbOptions are the SourceOptions of each source.
@@ -105,19 +114,84 @@ func (o *SourceOptions) defaults() {
 	}
 }
 
-// limiter is the process-wide token bucket for RateLimit.
-// share sets l to a 1/n share of limit requests per second (limit 0:
-// unlimited): n processes spending the same budget at once.
-func share(l *rate.Limiter, limit float64, n int) {
-	if limit <= 0 || n < 1 {
-		return
-	}
-	l.SetLimit(rate.Limit(limit / float64(n)))
+// limited is the rate limiting both sources share: every request waits for
+// a permit of the limiter and reports its answer back, and the metrics
+// follow.
+type limited struct {
+	lim      *ratelimit.Limiter
+	provider string
+	m        *metrics.Metrics
+	// bulk is the endpoint that bounds a customer's read (its balance
+	// transactions): what sizes the work in flight.
+	bulk string
 }
 
-func (o *SourceOptions) limiter() *rate.Limiter {
-	if o.RateLimit > 0 {
-		return rate.NewLimiter(rate.Limit(o.RateLimit), 1)
+func newLimited(o *SourceOptions, provider, bulk string) limited {
+	l := limited{provider: provider, m: o.Metrics, bulk: bulk, lim: ratelimit.New(ratelimit.Options{
+		Limits: ratelimit.Limits{Global: o.RateLimit, Endpoint: o.EndpointRateLimit, Concurrency: o.MaxConcurrent},
+		Scope:  o.Scope,
+	})}
+	l.gauges("", bulk)
+	return l
+}
+
+// Share spends a 1/n share of each configured limit: n processes sharing
+// the account's budget (internal/fleet).
+func (l *limited) Share(n int) {
+	if n >= 1 {
+		l.lim.SetShare(1 / float64(n))
+		l.gauges("", l.bulk)
 	}
-	return rate.NewLimiter(rate.Inf, 1)
+}
+
+// RateLimit is the configured requests per second a customer's read may
+// use: the lower of the global and the per-endpoint limit (0: unlimited).
+func (l *limited) RateLimit() float64 {
+	c := l.lim.Limits()
+	return lowest(c.Global, c.Endpoint)
+}
+
+// CurrentLimit is RateLimit as this process applies it now (its share,
+// lowered after 429s; +Inf when unlimited), for the platform's budget.
+func (l *limited) CurrentLimit() float64 {
+	c := l.lim.Current("", l.bulk)
+	if r := lowest(c.Global, c.Endpoint); r > 0 {
+		return r
+	}
+	return math.Inf(1)
+}
+
+// lowest is the lower of two limits, 0 meaning none.
+func lowest(a, b float64) float64 {
+	if a <= 0 || (b > 0 && b < a) {
+		return b
+	}
+	return a
+}
+
+// wait blocks until a request of account to endpoint may be sent, at the
+// priority ctx carries (refreshes before backfill and verify).
+func (l *limited) wait(ctx context.Context, account, endpoint string) (*ratelimit.Permit, error) {
+	return l.lim.Wait(ctx, account, endpoint, ratelimit.PriorityOf(ctx))
+}
+
+// done reports a permit's answer: a 429 is counted by reason (label,
+// which may name no limit) and lowers the limit reason names.
+func (l *limited) done(pm *ratelimit.Permit, account, endpoint string, status int, reason, label string) {
+	pm.Done(reason)
+	if status == http.StatusTooManyRequests {
+		if label == "" {
+			label = "unknown"
+		}
+		l.m.SourceThrottled.WithLabelValues(l.provider, label).Inc()
+	}
+	l.gauges(account, endpoint)
+}
+
+// gauges publishes the limits applied now to account's budget.
+func (l *limited) gauges(account, endpoint string) {
+	c := l.lim.Current(account, endpoint)
+	l.m.SourceLimit.WithLabelValues(l.provider, "global").Set(c.Global)
+	l.m.SourceLimit.WithLabelValues(l.provider, "endpoint").Set(c.Endpoint)
+	l.m.SourceLimit.WithLabelValues(l.provider, "concurrency").Set(float64(c.Concurrency))
 }

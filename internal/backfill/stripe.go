@@ -18,11 +18,11 @@ import (
 
 	stripe "github.com/stripe/stripe-go/v82"
 	"go.uber.org/zap"
-	"golang.org/x/time/rate"
 
 	"github.com/syncd/syncd/internal/metrics"
 	"github.com/syncd/syncd/internal/row"
 	"github.com/syncd/syncd/internal/sink"
+	"github.com/syncd/syncd/internal/stripeapi"
 )
 
 // Retry is syncd's own retry policy for source requests: exponential
@@ -63,12 +63,11 @@ func (r *Retry) delay(n int) time.Duration {
 
 // StripeSource reads the Stripe API through stripe-go's backend, keeping
 // every object's raw JSON. One StripeSource is shared by every worker of a
-// process: its token bucket is the process-wide rate limit.
+// process: its limiter holds the process to its share of Stripe's limits.
 type StripeSource struct {
+	limited
 	backend stripe.RawRequestBackend
 	key     string
-	limiter *rate.Limiter
-	limit   float64
 	retry   Retry
 	m       *metrics.Metrics
 	log     *zap.Logger
@@ -105,29 +104,22 @@ func NewStripeSource(o StripeOptions) *StripeSource {
 		LeveledLogger:     &stripe.LeveledLogger{Level: stripe.LevelNull},
 		EnableTelemetry:   stripe.Bool(false),
 	}).(stripe.RawRequestBackend)
-	s := &StripeSource{backend: backend, key: o.APIKey, retry: o.Retry, m: o.Metrics, log: o.Logger, limit: o.RateLimit,
-		created: map[[2]string]int64{}, limiter: o.limiter()}
+	s := &StripeSource{backend: backend, key: o.APIKey, retry: o.Retry, m: o.Metrics, log: o.Logger,
+		created: map[[2]string]int64{}, limited: newLimited(&o, "stripe", stripeTxnEndpoint)}
 	return s
 }
 
 // Provider is "stripe".
 func (s *StripeSource) Provider() string { return "stripe" }
 
-// RateLimit is the configured requests per second (0: unlimited).
-func (s *StripeSource) RateLimit() float64 { return s.limit }
-
-// CurrentLimit is the requests per second this process may send now (its
-// share of the rate limit; +Inf when unlimited).
-func (s *StripeSource) CurrentLimit() float64 { return float64(s.limiter.Limit()) }
-
 // Latency is the moving average of a successful request's duration, from
 // sending it to its answer (the wait for the limiter not included); 0
 // until one has succeeded.
 func (s *StripeSource) Latency() time.Duration { return time.Duration(s.latency.Load()) }
 
-// Share spends a 1/n share of the configured rate limit: n processes
-// sharing the account's budget (internal/fleet).
-func (s *StripeSource) Share(n int) { share(s.limiter, s.limit, n) }
+// stripeTxnEndpoint is the endpoint of every customer's balance
+// transactions, as Stripe counts endpoints.
+const stripeTxnEndpoint = "GET /v1/customers/{id}/balance_transactions"
 
 // Stats reports the HTTP requests sent (retries included) and the retries.
 func (s *StripeSource) Stats() (requests, retries int64) {
@@ -174,6 +166,7 @@ type attemptKey struct{}
 type attempt struct {
 	status     int
 	retryAfter time.Duration
+	limited    string // Stripe-Rate-Limited-Reason
 	netErr     error
 }
 
@@ -199,6 +192,7 @@ func (t statusTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		}, nil
 	}
 	a.status = resp.StatusCode
+	a.limited = resp.Header.Get(stripeapi.ReasonHeader)
 	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
 		a.retryAfter = time.Duration(s) * time.Second
 	}
@@ -248,8 +242,10 @@ func (r *Retry) run(ctx context.Context, log *zap.Logger, retries *atomic.Int64,
 func (s *StripeSource) get(ctx context.Context, endpoint, account, path string) ([]byte, time.Time, error) {
 	var body []byte
 	var arrived time.Time
+	op := stripeapi.Endpoint(http.MethodGet, path)
 	err := s.retry.run(ctx, s.log, &s.retries, func() (bool, time.Duration, error) {
-		if err := s.limiter.Wait(ctx); err != nil {
+		pm, err := s.wait(ctx, account, op)
+		if err != nil {
 			return false, 0, err
 		}
 		a := &attempt{}
@@ -271,6 +267,7 @@ func (s *StripeSource) get(ctx context.Context, endpoint, account, path string) 
 		}
 		s.m.SourceRequests.WithLabelValues("stripe", endpoint, metrics.Code(status)).Inc()
 		if err == nil && status < 300 {
+			s.done(pm, account, op, status, "", "")
 			body = resp.RawJSON
 			s.observe(arrived.Sub(t0))
 			return false, 0, nil
@@ -284,6 +281,14 @@ func (s *StripeSource) get(ctx context.Context, endpoint, account, path string) 
 			re.Code, re.Param = string(se.Code), se.Param
 			re.Err = errors.New(s.redact(errors.New(se.Msg)).Error())
 		}
+		// A 429 names the limit it hit, which is lowered; lock_timeout
+		// is an object lock, only retried.
+		reason := stripeapi.Throttle(a.limited, re.Code)
+		label := reason
+		if re.Code == "lock_timeout" {
+			label = re.Code
+		}
+		s.done(pm, account, op, status, reason, label)
 		// No response at all (connection refused or reset, timeout) is
 		// transient too.
 		return status == 0 || status == http.StatusTooManyRequests || status >= 500, a.retryAfter, re
@@ -521,10 +526,11 @@ const maxSlices = 32
 // only cost: each insert then spans more monthly partitions (in
 // BenchmarkRowsIntoClickHouse the server's CPU per row doubled).
 func (s *StripeSource) slices(created, newest, oldest int64, n int) []int64 {
-	if s.limit <= 0 || created <= 0 || oldest <= created || n == 0 {
+	limit := s.RateLimit()
+	if limit <= 0 || created <= 0 || oldest <= created || n == 0 {
 		return nil
 	}
-	k := min(maxSlices, int(math.Ceil(s.limit*time.Duration(s.latency.Load()).Seconds())))
+	k := min(maxSlices, int(math.Ceil(limit*time.Duration(s.latency.Load()).Seconds())))
 	// Transactions per second on the first page, times the rest's span.
 	rest := float64(n) / float64(newest-oldest+1) * float64(oldest-created)
 	k = min(k, int(math.Ceil(rest/100/4)))

@@ -11,6 +11,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/syncd/syncd/internal/orbapi"
+	"github.com/syncd/syncd/internal/ratelimit"
+	"github.com/syncd/syncd/internal/stripeapi"
 )
 
 // Config is every setting of every command. A command's flag set registers
@@ -44,9 +48,16 @@ type Config struct {
 	OrbAPIURL         string
 	OrbWebhookSecrets []string
 
-	// RateLimit is requests per second to a source API; 0 means the
-	// provider's default (see RateLimitFor).
-	RateLimit float64
+	// RateLimit is requests per second to a source API per budget (an
+	// account, or a Connect platform with its accounts); 0 means the
+	// provider's documented limit (see Limits). EndpointRateLimit is the
+	// same to each endpoint, MaxConcurrent the requests in flight per
+	// budget, and RateLimitScope says whose budget a connected account's
+	// requests spend.
+	RateLimit         float64
+	EndpointRateLimit float64
+	MaxConcurrent     int
+	RateLimitScope    string
 
 	// Sink tuning.
 	BatchRows     int
@@ -178,7 +189,10 @@ func Parse(command string, args []string, getenv func(string) string, stderr io.
 		fs.StringVar(&c.OrbAPIKey, "orb-api-key", "", "Orb API key; the Orb source is off without a key or webhook secret")
 		secretFile("orb-api-key", func(v string) { c.OrbAPIKey = v })
 		fs.StringVar(&c.OrbAPIURL, "orb-api-url", "https://api.withorb.com", "Orb API base URL")
-		fs.Float64Var(&c.RateLimit, "rate-limit", 0, "requests per second to a source API, shared by every worker (default 80 for Stripe live keys, 20 for test keys, 40 for Orb)")
+		fs.Float64Var(&c.RateLimit, "rate-limit", 0, "requests per second to a source API per account, shared by every worker of every process (default: the documented limit, 100 for Stripe live keys, 25 for test keys, 50 for Orb)")
+		fs.Float64Var(&c.EndpointRateLimit, "endpoint-rate-limit", 0, "requests per second to each Stripe endpoint per account (default: the documented 25; raise it for an account whose limits Stripe raised)")
+		fs.IntVar(&c.MaxConcurrent, "max-concurrent-requests", 0, "requests in flight to a source API per account, for the whole fleet (default 20)")
+		fs.StringVar(&c.RateLimitScope, "rate-limit-scope", string(ratelimit.ScopePlatform), "whose budget Stripe Connect requests spend: platform (the platform's, shared by every connected account: safe) or account (each connected account its own)")
 	}
 	sinkFlags := func(batch int, interval time.Duration, queueBytes int64) {
 		fs.IntVar(&c.BatchRows, "batch-rows", batch, "max rows per ClickHouse insert")
@@ -291,8 +305,15 @@ func (c *Config) validate(now time.Time) error {
 	default:
 		return fmt.Errorf("--log-format must be json or console, not %q", c.LogFormat)
 	}
-	if c.RateLimit < 0 {
-		return fmt.Errorf("--rate-limit must be positive")
+	if c.RateLimit < 0 || c.EndpointRateLimit < 0 || c.MaxConcurrent < 0 {
+		return fmt.Errorf("--rate-limit, --endpoint-rate-limit and --max-concurrent-requests must be positive")
+	}
+	switch ratelimit.Scope(c.RateLimitScope) {
+	case ratelimit.ScopePlatform, ratelimit.ScopeAccount:
+	case "":
+		c.RateLimitScope = string(ratelimit.ScopePlatform)
+	default:
+		return fmt.Errorf("--rate-limit-scope must be platform or account, not %q", c.RateLimitScope)
 	}
 	if c.Command == CmdBackfill || c.Command == CmdVerify {
 		if c.Provider != Stripe && c.Provider != Orb {
@@ -355,20 +376,29 @@ func ParseSince(v string, now time.Time) (time.Time, error) {
 	return t, nil
 }
 
-// RateLimitFor is the requests-per-second budget for provider: the flag when
-// set, else a default below the provider's documented limit.
-func (c *Config) RateLimitFor(provider string) float64 {
-	if c.RateLimit > 0 {
-		return c.RateLimit
-	}
+// Limits are provider's limits per budget: each flag when set, else the
+// provider's documented limit (Stripe's for the key's mode: sk_live_ and
+// rk_live_ keys are live, any other is held to the sandbox's; Orb's for
+// test mode, as an Orb key does not say its mode).
+func (c *Config) Limits(provider string) ratelimit.Limits {
+	l := stripeapi.DefaultLimits(c.StripeAPIKey)
 	if provider == Orb {
-		return 40
+		l = orbapi.DefaultLimits()
 	}
-	if strings.Contains(c.StripeAPIKey, "_live_") {
-		return 80
+	if c.RateLimit > 0 {
+		l.Global = c.RateLimit
 	}
-	return 20
+	if c.EndpointRateLimit > 0 && provider == Stripe {
+		l.Endpoint = c.EndpointRateLimit
+	}
+	if c.MaxConcurrent > 0 {
+		l.Concurrency = c.MaxConcurrent
+	}
+	return l
 }
+
+// RateLimitFor is provider's global requests per second (Limits).
+func (c *Config) RateLimitFor(provider string) float64 { return c.Limits(provider).Global }
 
 // EnvName maps a flag name to its environment variable.
 func EnvName(flagName string) string {

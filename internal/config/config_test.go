@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/syncd/syncd/internal/ratelimit"
 )
 
 var now = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
@@ -56,8 +58,8 @@ func TestSecretFiles(t *testing.T) {
 	if c.StripeAPIKey != "sk_live_fromfile" || len(c.StripeWebhookSecrets) != 2 {
 		t.Errorf("key %q secrets %v", c.StripeAPIKey, c.StripeWebhookSecrets)
 	}
-	if c.RateLimitFor(Stripe) != 80 {
-		t.Errorf("live key rate limit = %v, want 80", c.RateLimitFor(Stripe))
+	if l := c.Limits(Stripe); l.Global != 100 || l.Endpoint != 25 || l.Concurrency != 20 {
+		t.Errorf("live key limits = %+v, want Stripe's live limits (100/s, 25/s per endpoint) and 20 in flight", l)
 	}
 	_, err = parse(t, CmdServe, []string{"--stripe-api-key-file", filepath.Join(dir, "missing")}, nil)
 	var ue *UsageError
@@ -80,6 +82,8 @@ func TestUsageErrors(t *testing.T) {
 		{CmdServe, []string{"--stripe-webhook-secret", "whsec_x"}, "--stripe-api-key is required"},
 		{CmdServe, []string{"--stripe-api-key", "sk_test_x", "--stripe-webhook-secret", "nope"}, "whsec_"},
 		{CmdServe, []string{"--log-format", "xml"}, "--log-format"},
+		{CmdServe, []string{"--rate-limit-scope", "everyone"}, "--rate-limit-scope"},
+		{CmdServe, []string{"--endpoint-rate-limit", "-1"}, "--endpoint-rate-limit"},
 		{CmdServe, []string{"--no-such-flag"}, "no-such-flag"},
 		{CmdMigrate, []string{"extra"}, "unexpected argument"},
 		{"frobnicate", nil, "unknown command"},
@@ -111,8 +115,18 @@ func TestBackfillSettings(t *testing.T) {
 		t.Errorf("got %+v", c)
 	}
 	c, _ = parse(t, CmdBackfill, []string{"--stripe-api-key", "sk_test_x", "--since", "2026-11-20T00:00:00Z"}, nil)
-	if c.Since != time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC) || c.RateLimitFor(Stripe) != 20 || c.RateLimitFor(Orb) != 40 {
-		t.Errorf("since %v rate %v", c.Since, c.RateLimitFor(Stripe))
+	if c.Since != time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC) || c.RateLimitFor(Stripe) != 25 || c.RateLimitFor(Orb) != 50 ||
+		c.Limits(Stripe).Endpoint != 25 || c.Limits(Orb).Endpoint != 0 || c.RateLimitScope != "platform" {
+		t.Errorf("since %v limits %+v %+v scope %q", c.Since, c.Limits(Stripe), c.Limits(Orb), c.RateLimitScope)
+	}
+	// Each limit is a setting, for accounts whose limits Stripe raised.
+	c, err = parse(t, CmdVerify, []string{"--stripe-api-key", "sk_live_x", "--rate-limit", "300", "--endpoint-rate-limit", "60",
+		"--max-concurrent-requests", "8"}, map[string]string{"SYNCD_RATE_LIMIT_SCOPE": "account"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := c.Limits(Stripe); l != (ratelimit.Limits{Global: 300, Endpoint: 60, Concurrency: 8}) || c.RateLimitScope != "account" {
+		t.Errorf("limits %+v scope %q", l, c.RateLimitScope)
 	}
 	if _, err := ParseSince("2030-01-01T00:00:00Z", now); err == nil {
 		t.Error("a future --since must be refused")

@@ -42,6 +42,13 @@ var (
 	}
 	Codes = []string{"200", "400", "401", "403", "404", "429", "500", "503", "error"}
 
+	// ThrottleReasons are the reason labels of syncd_source_throttled_total:
+	// Stripe's Stripe-Rate-Limited-Reason values, lock_timeout (an object
+	// lock, not a limit) and unknown (a 429 naming no limit). Orb names none
+	// and documents one limit: its 429s are global-rate.
+	ThrottleReasons = []string{"global-rate", "endpoint-rate", "global-concurrency", "endpoint-concurrency",
+		"resource-specific", "lock_timeout", "unknown"}
+
 	EventTypes = map[string][]string{
 		"stripe": {
 			"customer.created", "customer.updated", "customer.deleted",
@@ -60,15 +67,19 @@ const Other = "other"
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	WebhookRequests  *prometheus.CounterVec
-	WebhookAck       prometheus.Histogram
-	Events           *prometheus.CounterVec
-	SinkRows         *prometheus.CounterVec
-	SinkFlush        prometheus.Histogram
-	SinkQueueRows    prometheus.Gauge
-	SinkErrors       prometheus.Counter
-	SourceRequests   *prometheus.CounterVec
-	SourceSeconds    *prometheus.HistogramVec
+	WebhookRequests *prometheus.CounterVec
+	WebhookAck      prometheus.Histogram
+	Events          *prometheus.CounterVec
+	SinkRows        *prometheus.CounterVec
+	SinkFlush       prometheus.Histogram
+	SinkQueueRows   prometheus.Gauge
+	SinkErrors      prometheus.Counter
+	SourceRequests  *prometheus.CounterVec
+	SourceSeconds   *prometheus.HistogramVec
+	// SourceThrottled counts 429s by the limit they name; SourceLimit is
+	// the limit this process applies (its fleet share, lowered by 429s).
+	SourceThrottled  *prometheus.CounterVec
+	SourceLimit      *prometheus.GaugeVec
 	RefreshQueue     prometheus.Gauge
 	BackfillCustomer *prometheus.CounterVec
 	SyncLag          *prometheus.GaugeVec
@@ -130,6 +141,12 @@ func New() *Metrics {
 			Name: "syncd_sync_lag_seconds", Help: "Age of the oldest change not yet mirrored (0 when caught up).",
 		}, []string{"provider"}),
 	}
+	m.SourceThrottled = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "syncd_source_throttled_total", Help: "Source API answers 429 by provider and reason (Stripe-Rate-Limited-Reason; lock_timeout: an object lock; unknown: none given).",
+	}, []string{"provider", "reason"})
+	m.SourceLimit = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "syncd_source_rate_limit", Help: "Limit this process applies to a source API budget now (global and endpoint: requests/s; concurrency: requests in flight; 0: none, or the source is unused): its fleet share, lowered after 429s.",
+	}, []string{"provider", "limit"})
 	m.RefreshOwed = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "syncd_refresh_owed_customers", Help: "Customers whose acknowledged trigger events await a refresh, across every syncd process sharing the database (from ClickHouse).",
 	})
@@ -159,6 +176,7 @@ func New() *Metrics {
 	r.MustRegister(m.WebhookRequests, m.WebhookAck, m.Events, m.SinkRows, m.SinkFlush, m.SinkQueueRows,
 		m.SinkErrors, m.SourceRequests, m.SourceSeconds, m.RefreshQueue, m.BackfillCustomer, m.SyncLag, build,
 		m.RefreshOwed, m.RefreshOwedOldest, m.FleetMembers, m.RefreshParked, m.RecoveredRows, m.BackfillDeleted, m.RefreshSkipped,
+		m.SourceThrottled, m.SourceLimit,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	for _, p := range Providers {
@@ -174,6 +192,12 @@ func New() *Metrics {
 			}
 		}
 		m.SourceSeconds.WithLabelValues(p)
+		for _, r := range ThrottleReasons {
+			m.SourceThrottled.WithLabelValues(p, r)
+		}
+		for _, l := range []string{"global", "endpoint", "concurrency"} {
+			m.SourceLimit.WithLabelValues(p, l)
+		}
 		m.BackfillCustomer.WithLabelValues(p)
 		m.BackfillDeleted.WithLabelValues(p)
 		m.RecoveredRows.WithLabelValues(p)

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/syncd/syncd/internal/ratelimit"
 )
 
 // DefaultBaseURL is Orb's production API.
@@ -249,4 +251,20 @@ func decodePage(body []byte) (Page, error) {
 		}
 	}
 	return p, nil
+}
+
+// Orb's documented limit on GET requests per second: 100 in live mode, 50
+// in test mode. An Orb key does not say its mode, so syncd's default is
+// test mode's, which a live account may raise with --rate-limit. Orb
+// documents no limit per endpoint nor on requests in flight; syncd caps the
+// latter as it does for Stripe.
+const (
+	LiveRate           = 100
+	TestRate           = 50
+	DefaultConcurrency = 20
+)
+
+// DefaultLimits are syncd's limits for an Orb key.
+func DefaultLimits() ratelimit.Limits {
+	return ratelimit.Limits{Global: TestRate, Concurrency: DefaultConcurrency}
 }

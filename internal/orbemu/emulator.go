@@ -13,6 +13,7 @@ import (
 	"github.com/shopspring/decimal"
 
 	"github.com/syncd/syncd/internal/emulator"
+	"github.com/syncd/syncd/internal/ratelimit"
 )
 
 // Config describes the generated world and the faults injected into it.
@@ -28,7 +29,11 @@ type Config struct {
 	Latency    time.Duration // added to every request
 	Rate429    float64       // fraction of requests answered 429
 	Rate500    float64       // fraction of requests answered 500
-	RetryAfter time.Duration // sent with every 429; 0 means 1s
+	RetryAfter time.Duration // sent with every injected 429; 0 means 1s
+	// Limits are enforced as Orb does (zero: none): the key's rate of
+	// requests (orbapi.LiveRate, orbapi.TestRate) and requests in flight.
+	// Over one of them a request is answered 429 with a Retry-After.
+	Limits ratelimit.Limits
 
 	WebhookURL      string
 	WebhookSecret   string
@@ -104,6 +109,7 @@ type Emulator struct {
 
 	mux      *http.ServeMux
 	faults   *emulator.Faults
+	limits   *emulator.Enforcer
 	counters *emulator.RequestCounters[string] // list calls by customer
 	webhooks *emulator.WebhookQueue
 }
@@ -127,6 +133,7 @@ func New(cfg Config) (*Emulator, error) {
 		gen:     newGenerator(cfg.Seed),
 		custIdx: map[string]int{},
 		faults:  emulator.NewFaults(cfg.Seed, cfg.Rate429, cfg.Rate500, cfg.Latency),
+		limits:  emulator.NewEnforcer(cfg.Limits),
 		counters: emulator.NewRequestCounters[string](KindCustomers, KindCustomer,
 			KindBalanceTransactions, KindOther),
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/syncd/syncd/internal/orbapi"
 	"github.com/syncd/syncd/internal/orbemu"
 	"github.com/syncd/syncd/internal/orbsig"
+	"github.com/syncd/syncd/internal/ratelimit"
 )
 
 const key = "orb_test_key"
@@ -423,5 +424,32 @@ func TestDeleteCustomer(t *testing.T) {
 	}
 	if _, _, err := c.GetCustomer(ctx, "never_existed"); !errors.As(err, &ae) || ae.Status != 404 {
 		t.Errorf("GET a customer that never existed: %v, want 404", err)
+	}
+}
+
+// Over Orb's rate the emulator answers 429 in Orb's error shape, with a
+// Retry-After of when a request would pass; all endpoints share the rate.
+func TestRateLimitAnswersAsOrbDoes(t *testing.T) {
+	emu, c := start(t, orbemu.Config{Seed: 3, Customers: 2, Limits: ratelimit.Limits{Global: 2}})
+	ctx := context.Background()
+	p, err := c.ListCustomers(ctx, "", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cust struct{ ID string }
+	if err := json.Unmarshal(p.Data[0], &cust); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ListBalanceTransactions(ctx, cust.ID, "", 10); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = c.GetCustomer(ctx, cust.ID)
+	var apiErr *orbapi.APIError
+	if !errors.As(err, &apiErr) || apiErr.Status != 429 || !strings.HasSuffix(apiErr.Type, "#429-too-many-requests") ||
+		apiErr.RetryAfter <= 0 || apiErr.RetryAfter > time.Second {
+		t.Fatalf("third request in a second at 2/s: %#v", err)
+	}
+	if n := emu.Requests(); n.Limited[ratelimit.GlobalRate] != 1 || n.Throttled != 0 {
+		t.Errorf("counters %+v", n)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Request kinds, the keys of Counters.ByKind.
@@ -43,23 +44,30 @@ func pathKind(path string) string {
 	return KindOther
 }
 
-// ServeHTTP counts the request, waits the latency, checks the key, injects
-// faults, then serves the route.
+// ServeHTTP counts the request, checks the key, enforces the rate and
+// concurrency limits, waits the latency (the request is in flight
+// meanwhile), injects faults, then serves the route.
 func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	e.counters.Request(pathKind(r.URL.Path))
-	if !e.faults.Delay(r.Context()) {
-		return
-	}
 	if err := e.checkKey(r); err != nil {
 		writeError(w, err)
+		return
+	}
+	// Orb's limits are the key's: one budget, the route's pattern the endpoint.
+	_, endpoint := e.mux.Handler(r)
+	release, reason, wait := e.limits.Admit("", endpoint)
+	if reason != "" {
+		e.rateLimited(w, max(wait, time.Millisecond))
+		return
+	}
+	defer release()
+	if !e.faults.Delay(r.Context()) {
 		return
 	}
 	switch e.faults.Draw() {
 	case http.StatusTooManyRequests:
 		e.counters.Throttled()
-		w.Header().Set("Retry-After", strconv.FormatFloat(e.cfg.RetryAfter.Seconds(), 'f', -1, 64))
-		writeError(w, &apiError{Status: http.StatusTooManyRequests, Type: errorType + "429-too-many-requests",
-			Title: "Too many requests", Detail: "Request rate limit exceeded; retry after the Retry-After delay."})
+		e.rateLimited(w, e.cfg.RetryAfter)
 		return
 	case http.StatusInternalServerError:
 		e.counters.Failed()
@@ -68,6 +76,17 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e.mux.ServeHTTP(w, r)
+}
+
+// rateLimited answers Orb's 429, with the delay after which a retry may
+// pass (a concurrency limit names none: the configured RetryAfter).
+func (e *Emulator) rateLimited(w http.ResponseWriter, retryAfter time.Duration) {
+	if retryAfter <= 0 {
+		retryAfter = e.cfg.RetryAfter
+	}
+	w.Header().Set("Retry-After", strconv.FormatFloat(retryAfter.Seconds(), 'f', 3, 64))
+	writeError(w, &apiError{Status: http.StatusTooManyRequests, Type: errorType + "429-too-many-requests",
+		Title: "Too many requests", Detail: "Request rate limit exceeded; retry after the Retry-After delay."})
 }
 
 func (e *Emulator) checkKey(r *http.Request) *apiError {
@@ -237,14 +256,23 @@ type Counters struct {
 	ByKind    map[string]int64 // see the Kind… constants
 	Throttled int64            // answered 429 by fault injection
 	Failed    int64            // answered 500 by fault injection
+	// Limited are the requests answered 429 for exceeding Config.Limits,
+	// by the limit exceeded (ratelimit.GlobalRate, …).
+	Limited map[string]int64
 }
 
 // Requests reports the requests received since the last ResetCounters.
-func (e *Emulator) Requests() Counters { return Counters(e.counters.Counts()) }
+func (e *Emulator) Requests() Counters {
+	c := e.counters.Counts()
+	return Counters{Total: c.Total, ByKind: c.ByKind, Throttled: c.Throttled, Failed: c.Failed, Limited: e.limits.Refused()}
+}
 
 // CustomerListCalls counts the balance-transaction list pages served (200)
 // for one customer since the last ResetCounters.
 func (e *Emulator) CustomerListCalls(customer string) int { return e.counters.ListCalls(customer) }
 
 // ResetCounters zeroes every request counter.
-func (e *Emulator) ResetCounters() { e.counters.Reset() }
+func (e *Emulator) ResetCounters() {
+	e.counters.Reset()
+	e.limits.ResetRefused()
+}

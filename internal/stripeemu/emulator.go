@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/syncd/syncd/internal/emulator"
+	"github.com/syncd/syncd/internal/ratelimit"
 )
 
 // Config describes the generated world and the faults injected into it.
@@ -31,6 +32,15 @@ type Config struct {
 	Latency time.Duration // added to every request
 	Rate429 float64       // fraction of requests answered 429 rate_limit
 	Rate500 float64       // fraction of requests answered 500 api_error
+
+	// Limits are enforced as Stripe does (zero: none): per account a global
+	// rate, a rate per endpoint and a cap on requests in flight; over one
+	// of them a request is answered 429 with Stripe-Rate-Limited-Reason.
+	// stripeapi.DefaultLimits has Stripe's documented values.
+	Limits ratelimit.Limits
+	// LimitScope says whether a connected account's requests spend the
+	// platform's budget (the default) or their own.
+	LimitScope ratelimit.Scope
 
 	WebhookURL    string
 	WebhookSecret string
@@ -58,6 +68,7 @@ type Emulator struct {
 	faults *emulator.Faults
 	reqSeq atomic.Int64
 
+	limits   *emulator.Enforcer
 	counters *emulator.RequestCounters[[2]string] // list calls by (account, customer)
 	webhooks *emulator.WebhookQueue
 }
@@ -78,6 +89,7 @@ func New(cfg Config) (*Emulator, error) {
 		gen:      &generator{rng: rand.New(rand.NewPCG(uint64(cfg.Seed), 0x5717e))},
 		accounts: map[string]*account{"": newAccount("")},
 		faults:   emulator.NewFaults(cfg.Seed, cfg.Rate429, cfg.Rate500, cfg.Latency),
+		limits:   emulator.NewEnforcer(cfg.Limits),
 		counters: emulator.NewRequestCounters[[2]string](KindCustomers, KindCustomer,
 			KindBalanceTransactions, KindBalanceTransaction, KindEvents, KindAccounts, KindOther),
 	}

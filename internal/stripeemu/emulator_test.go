@@ -18,6 +18,9 @@ import (
 
 	"github.com/stripe/stripe-go/v82"
 	"github.com/stripe/stripe-go/v82/webhook"
+
+	"github.com/syncd/syncd/internal/ratelimit"
+	"github.com/syncd/syncd/internal/stripeapi"
 )
 
 const connected = "acct_1ConnectedAcct0001"
@@ -666,4 +669,66 @@ func TestDeleteCustomer(t *testing.T) {
 	if got := ids(t, p.Data); !slices.Equal(got, []string{ev.ID}) {
 		t.Errorf("/v1/events?types[]=customer.deleted lists %v, want [%s]", got, ev.ID)
 	}
+}
+
+// Over a limit the emulator answers as Stripe does: 429, the limit in
+// Stripe-Rate-Limited-Reason, the rate_limit error body. Every customer's
+// balance transactions are one endpoint, and a connected account's requests
+// spend the platform's budget unless LimitScope says otherwise.
+func TestLimitsAnswerAsStripeDoes(t *testing.T) {
+	for _, scope := range []ratelimit.Scope{ratelimit.ScopePlatform, ratelimit.ScopeAccount} {
+		e := newEmu(t, Config{Seed: 12, Customers: 3, Accounts: []string{"", "acct_1Lim"},
+			Limits: ratelimit.Limits{Global: 4, Endpoint: 2}, LimitScope: scope})
+		cs := customersOf(e, "")
+		call := func(account, path string) (int, string, []byte) {
+			req := httptest.NewRequest(http.MethodGet, path, nil)
+			req.Header.Set("Authorization", "Bearer sk_test_emulator")
+			if account != "" {
+				req.Header.Set("Stripe-Account", account)
+			}
+			rec := httptest.NewRecorder()
+			e.ServeHTTP(rec, req)
+			return rec.Code, rec.Header().Get(stripeapi.ReasonHeader), rec.Body.Bytes()
+		}
+		for i := range 2 {
+			if code, _, body := call("", "/v1/customers/"+cs[i].ID+"/balance_transactions"); code != 200 {
+				t.Fatalf("%s: request %d: %d %s", scope, i, code, body)
+			}
+		}
+		code, reason, body := call("", "/v1/customers/"+cs[2].ID+"/balance_transactions")
+		var apiErr struct {
+			Error struct{ Type, Code, Message string } `json:"error"`
+		}
+		if err := json.Unmarshal(body, &apiErr); err != nil || code != 429 || reason != ratelimit.EndpointRate ||
+			apiErr.Error.Type != "invalid_request_error" || apiErr.Error.Code != "rate_limit" || apiErr.Error.Message == "" {
+			t.Fatalf("%s: third balance transaction list: %d %q %s", scope, code, reason, body)
+		}
+		if code, _, _ := call("", "/v1/events"); code != 200 {
+			t.Fatalf("%s: another endpoint: %d", scope, code)
+		}
+		// The platform has spent 3 of its 4 a second; the connected
+		// account 0 of its own or 3 of the shared.
+		code1, _, _ := call("acct_1Lim", "/v1/customers")
+		code2, reason, _ := call("acct_1Lim", "/v1/events")
+		wantReason := ratelimit.GlobalRate
+		if scope == ratelimit.ScopeAccount {
+			wantReason = ""
+		}
+		if code1 != 200 || reason != wantReason {
+			t.Errorf("%s: connected account: %d, then %d %q; want 200 and reason %q", scope, code1, code2, reason, wantReason)
+		}
+		if got := e.Requests().Limited; got[ratelimit.EndpointRate] != 1 {
+			t.Errorf("%s: limited %v", scope, got)
+		}
+	}
+}
+
+func customersOf(e *Emulator, account string) []Customer {
+	var out []Customer
+	for _, c := range e.Customers() {
+		if c.Account == account {
+			out = append(out, c)
+		}
+	}
+	return out
 }

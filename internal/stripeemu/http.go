@@ -8,6 +8,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/syncd/syncd/internal/ratelimit"
+	"github.com/syncd/syncd/internal/stripeapi"
 )
 
 // Path kinds counted by Requests.
@@ -64,21 +67,20 @@ func pathKind(path string) string {
 	return KindOther
 }
 
-// ServeHTTP counts the request, waits the latency, checks the key and the
-// Stripe-Account header, injects faults, then serves the route.
+// ServeHTTP counts the request, checks the key and the Stripe-Account
+// header, enforces the rate and concurrency limits, waits the latency (the
+// request is in flight meanwhile), injects faults, then serves the route.
 func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	e.counters.Request(pathKind(r.URL.Path))
 	h := w.Header()
 	h.Set("Request-Id", fmt.Sprintf("req_emu%010d", e.reqSeq.Add(1)))
 	h.Set("Stripe-Version", APIVersion)
-	if !e.faults.Delay(r.Context()) {
-		return
-	}
 	if err := checkKey(r); err != nil {
 		writeError(w, err)
 		return
 	}
-	if acct := r.Header.Get("Stripe-Account"); acct != "" {
+	acct := r.Header.Get("Stripe-Account")
+	if acct != "" {
 		if _, ok := e.accounts[acct]; !ok || acct == "" {
 			writeError(w, &apiError{status: http.StatusForbidden, Type: "invalid_request_error",
 				Code:    "account_invalid",
@@ -86,12 +88,25 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if e.cfg.LimitScope != ratelimit.ScopeAccount {
+		acct = "" // the platform's budget, shared by its connected accounts
+	}
+	// The route's pattern is the endpoint, as Stripe counts them: one for
+	// every customer's balance transactions.
+	_, endpoint := e.mux.Handler(r)
+	release, reason, _ := e.limits.Admit(acct, endpoint)
+	if reason != "" {
+		rateLimited(w, reason)
+		return
+	}
+	defer release()
+	if !e.faults.Delay(r.Context()) {
+		return
+	}
 	switch e.faults.Draw() {
 	case http.StatusTooManyRequests:
 		e.counters.Throttled()
-		writeError(w, &apiError{status: http.StatusTooManyRequests, Type: "invalid_request_error",
-			Code: "rate_limit", DocURL: "https://stripe.com/docs/error-codes/rate-limit",
-			Message: "Too many requests hit the API too quickly. We recommend an exponential backoff of your requests."})
+		rateLimited(w, "")
 		return
 	case http.StatusInternalServerError:
 		e.counters.Failed()
@@ -100,6 +115,17 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e.mux.ServeHTTP(w, r)
+}
+
+// rateLimited answers 429 as Stripe does, naming the limit hit in
+// Stripe-Rate-Limited-Reason (none for an injected fault).
+func rateLimited(w http.ResponseWriter, reason string) {
+	if reason != "" {
+		w.Header().Set(stripeapi.ReasonHeader, reason)
+	}
+	writeError(w, &apiError{status: http.StatusTooManyRequests, Type: "invalid_request_error",
+		Code: "rate_limit", DocURL: "https://stripe.com/docs/error-codes/rate-limit",
+		Message: "Too many requests hit the API too quickly. We recommend an exponential backoff of your requests."})
 }
 
 func checkKey(r *http.Request) *apiError {
@@ -347,10 +373,16 @@ type Counters struct {
 	ByKind    map[string]int64 `json:"by_kind"`   // see the Kind… constants
 	Throttled int64            `json:"throttled"` // answered 429 by fault injection
 	Failed    int64            `json:"failed"`    // answered 500 by fault injection
+	// Limited are the requests answered 429 for exceeding Config.Limits,
+	// by Stripe-Rate-Limited-Reason.
+	Limited map[string]int64 `json:"limited"`
 }
 
 // Requests reports the requests received since the last ResetCounters.
-func (e *Emulator) Requests() Counters { return Counters(e.counters.Counts()) }
+func (e *Emulator) Requests() Counters {
+	c := e.counters.Counts()
+	return Counters{Total: c.Total, ByKind: c.ByKind, Throttled: c.Throttled, Failed: c.Failed, Limited: e.limits.Refused()}
+}
 
 // CustomerListCalls counts the balance-transaction list pages served (200)
 // for one customer since the last ResetCounters.
@@ -359,4 +391,7 @@ func (e *Emulator) CustomerListCalls(account, customer string) int {
 }
 
 // ResetCounters zeroes every request counter.
-func (e *Emulator) ResetCounters() { e.counters.Reset() }
+func (e *Emulator) ResetCounters() {
+	e.counters.Reset()
+	e.limits.ResetRefused()
+}

@@ -155,6 +155,15 @@ provider (of a backfill) leaves out the other provider's flags.
 {{- if not (kindIs "invalid" $v.config.rateLimit) }}
 - --rate-limit={{ $v.config.rateLimit }}
 {{- end }}
+{{- if not (kindIs "invalid" $v.config.endpointRateLimit) }}
+- --endpoint-rate-limit={{ $v.config.endpointRateLimit }}
+{{- end }}
+{{- if not (kindIs "invalid" $v.config.maxConcurrentRequests) }}
+- --max-concurrent-requests={{ $v.config.maxConcurrentRequests }}
+{{- end }}
+{{- with $v.config.rateLimitScope }}
+- --rate-limit-scope={{ . }}
+{{- end }}
 {{- end }}
 {{- end }}
 
