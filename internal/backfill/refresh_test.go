@@ -240,3 +240,29 @@ func customerCounts(t *testing.T, w *warehouse, query string) map[string]int {
 	}
 	return out
 }
+
+// TestRefreshSlicesAHeavyCustomerWithoutCursor: the first refresh of a
+// customer with many pages (no cursor, never listed by CustomerPage) asks
+// once when the customer was created and reads the rest in time slices at
+// once, not one page after another (issue 16: the customers with many pages
+// drained alone at the end of a burst). Every transaction is still mirrored.
+func TestRefreshSlicesAHeavyCustomerWithoutCursor(t *testing.T) {
+	t.Parallel()
+	w := newWarehouse(t, 10000)
+	emu, url := newEmulator(t, stripeemu.Config{Seed: 8, Customers: 1, HeavyCustomers: []int{2500}, Latency: 20 * time.Millisecond})
+	r, _ := startRefresher(t, w, newSource(t, url, w.m, 100))
+	heavy := customersWith(emu, "", 2500)[0]
+	r.MarkDirty("", heavy.ID, "")
+	waitFor(t, 30*time.Second, "the refresher to go idle", r.Idle)
+
+	got := emu.Requests().ByKind
+	if got[stripeemu.KindCustomer] != 1 {
+		t.Errorf("%d requests for the customer; want 1, for when it was created", got[stripeemu.KindCustomer])
+	}
+	// 2,500 transactions are 25 full pages read in a row; in slices each
+	// slice ends in a part-filled page.
+	if n := got[stripeemu.KindBalanceTransactions]; n <= 25 {
+		t.Errorf("%d list calls: the history was read one page after another, not in slices", n)
+	}
+	assertMirrors(t, w.conn, emu.TruthFor("", heavy.ID))
+}

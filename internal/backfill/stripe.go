@@ -439,10 +439,11 @@ func (s *StripeSource) CustomerPage(ctx context.Context, account, cursor string)
 
 // Transactions implements Lister. Without sinceID it walks from the newest
 // page back (starting_after the last id of each page); when the first page
-// has more behind it, the customer was listed by CustomerPage (which knows
-// when it was created) and there is a rate limit, the rest is read in time
-// slices at once (slices, readSlices), and fn may be called from several
-// goroutines, one page at a time. With sinceID it walks forward in time: ending_before=sinceID
+// has more behind it and there is a rate limit, the rest is read in time
+// slices at once (slices, readSlices), from when the customer was created
+// (known from CustomerPage, or else read with one request for the
+// customer), and fn may be called from several goroutines, one page at a
+// time. With sinceID it walks forward in time: ending_before=sinceID
 // returns the page just newer than it, newest first, so the first id of
 // each page is the next cursor.
 func (s *StripeSource) Transactions(ctx context.Context, account, customer, sinceID string, fn func(Page) error) (string, error) {
@@ -482,6 +483,13 @@ func (s *StripeSource) Transactions(ctx context.Context, account, customer, sinc
 		} else {
 			if first {
 				newest = head.ID
+				if p.HasMore && !known && s.RateLimit() > 0 {
+					// A refresh of a customer with no cursor: one request
+					// to another endpoint for when it was created lets
+					// the rest be read in slices at once, rather than a
+					// page at a time behind every other refresh.
+					created, known = s.customerCreated(ctx, account, customer)
+				}
 				if p.HasMore && known {
 					if bounds := s.slices(created, head.Created, tail.Created, len(p.Items)); len(bounds) > 0 {
 						if err := s.readSlices(ctx, account, customer, bounds, tail.ID, fn); err != nil {
@@ -497,6 +505,18 @@ func (s *StripeSource) Transactions(ctx context.Context, account, customer, sinc
 			return newest, nil
 		}
 	}
+}
+
+// customerCreated reads when customer was created; ok is false when that is
+// unknown (an error, a deleted customer), and the caller reads on a page at
+// a time.
+func (s *StripeSource) customerCreated(ctx context.Context, account, customer string) (created int64, ok bool) {
+	raw, err := s.GetCustomer(ctx, account, customer)
+	if err != nil {
+		return 0, false
+	}
+	c, err := keyOf(raw)
+	return c.Created, err == nil && c.Created > 0
 }
 
 // listed is what paging needs of a listed object.
