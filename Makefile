@@ -28,7 +28,11 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/syncd ./cmd/syncd
 
 # Tests run against a real ClickHouse: a server binary to start privately, or
-# SYNCD_TEST_CLICKHOUSE_DSN naming a running server.
+# SYNCD_TEST_CLICKHOUSE_DSN naming a running server. The cluster tests also
+# start Debian's ZooKeeper and two private 18.16 servers (internal/chtest's
+# Cluster); scripts/ensure-clickhouse installs the zookeeper package when it
+# can. They skip under -short, so they run in `make test` and not in the
+# chDB pass of `make test-sql`.
 check-clickhouse:
 	@scripts/ensure-clickhouse
 

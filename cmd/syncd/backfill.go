@@ -109,7 +109,7 @@ func joinFleet(ctx context.Context, conn driver.Conn, pool string, src sharer, l
 
 // openCurrent connects to ClickHouse and checks that the schema is migrated.
 func openCurrent(ctx context.Context, cfg *config.Config) (driver.Conn, error) {
-	conn, err := sink.Open(ctx, cfg.ClickHouseDSN, false)
+	conn, err := sink.OpenCluster(ctx, cfg.ClickHouseDSN, clusterOf(cfg), false)
 	if err != nil {
 		return nil, err
 	}

@@ -11,12 +11,12 @@ import (
 )
 
 func runMigrate(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) error {
-	conn, err := sink.Open(ctx, cfg.ClickHouseDSN, true)
+	conn, err := sink.OpenCluster(ctx, cfg.ClickHouseDSN, clusterOf(cfg), true)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	applied, err := sink.Migrate(ctx, conn)
+	applied, err := sink.MigrateCluster(ctx, conn, cfg.ClickHouseCluster)
 	for _, v := range applied {
 		log.Info("migration applied", zap.Uint32("version", v))
 	}
@@ -29,4 +29,9 @@ func runMigrate(ctx context.Context, cfg *config.Config, log *zap.Logger, e env)
 		fmt.Fprintf(e.stdout, "applied %d migrations; schema is current\n", len(applied))
 	}
 	return nil
+}
+
+// clusterOf is the ClickHouse cluster cfg names, if any.
+func clusterOf(cfg *config.Config) sink.Cluster {
+	return sink.Cluster{Name: cfg.ClickHouseCluster, InsertQuorum: cfg.ClickHouseInsertQuorum}
 }

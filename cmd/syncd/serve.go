@@ -171,7 +171,7 @@ func runServe(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) e
 	var made *backend // set before connectDone closes: what the drain closes
 	go func() {
 		defer close(connectDone)
-		conn, err := connect(ctx, cfg.ClickHouseDSN, log)
+		conn, err := connect(ctx, cfg.ClickHouseDSN, clusterOf(cfg), log)
 		if err != nil {
 			return // ctx ended
 		}
@@ -300,10 +300,10 @@ func runServe(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) e
 
 // connect opens ClickHouse, retrying with backoff until it answers or ctx
 // ends.
-func connect(ctx context.Context, dsn string, log *zap.Logger) (driver.Conn, error) {
+func connect(ctx context.Context, dsn string, cl sink.Cluster, log *zap.Logger) (driver.Conn, error) {
 	wait := 500 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		conn, err := sink.Open(ctx, dsn, false)
+		conn, err := sink.OpenCluster(ctx, dsn, cl, false)
 		if err == nil {
 			if attempt > 1 {
 				log.Info("clickhouse reachable", zap.Int("attempts", attempt))

@@ -123,13 +123,13 @@ func serveArgs(dsn string, extra ...string) []string {
 
 // serveInProcess runs `syncd serve` through run() until the test ends, and
 // fails the test when it does not drain and return nil.
-func serveInProcess(t *testing.T, args []string) *instance {
+func serveInProcess(t testing.TB, args []string) *instance {
 	t.Helper()
 	return serveInProcessEnv(t, args, func(string) string { return "" })
 }
 
 // serveInProcessEnv is serveInProcess with the environment getenv.
-func serveInProcessEnv(t *testing.T, args []string, getenv func(string) string) *instance {
+func serveInProcessEnv(t testing.TB, args []string, getenv func(string) string) *instance {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	in := &instance{logs: &logs{}}
@@ -256,7 +256,7 @@ func migrated(t *testing.T) (string, driver.Conn) {
 }
 
 // emulator serves a Stripe emulator; wrap, when set, sees every request.
-func emulator(t *testing.T, cfg stripeemu.Config, wrap func(http.Handler) http.Handler) (*stripeemu.Emulator, string) {
+func emulator(t testing.TB, cfg stripeemu.Config, wrap func(http.Handler) http.Handler) (*stripeemu.Emulator, string) {
 	t.Helper()
 	e, err := stripeemu.New(cfg)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,6 +32,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 
+	"github.com/syncd/syncd/internal/config"
 	"github.com/syncd/syncd/internal/metrics"
 )
 
@@ -1857,5 +1859,53 @@ func TestExportedMetricsMatchTheBinary(t *testing.T) {
 		if _, ok := ExportedMetrics[name]; !ok {
 			t.Errorf("%s is exported but missing from ExportedMetrics", name)
 		}
+	}
+}
+
+// TestClickHouseCluster: the cluster and its quorum reach every syncd
+// command the chart runs (migrate creates the tables ON CLUSTER; serve,
+// backfill and verify write with the quorum), each command line parses as
+// syncd parses it, and neither flag appears by default.
+func TestClickHouseCluster(t *testing.T) {
+	for owner, pod := range podSpecs(template(t)) {
+		for _, flag := range []string{"clickhouse-cluster", "clickhouse-insert-quorum"} {
+			if v, ok := flagValue(pod.Containers[0].Args, flag); ok {
+				t.Errorf("%s: --%s=%s by default", owner, flag, v)
+			}
+		}
+	}
+	r := template(t, "--set", "config.clickhouseCluster=prod,config.clickhouseInsertQuorum=2,secrets.existingSecret=creds")
+	pods := podSpecs(r)
+	commands := map[string]bool{}
+	for owner, pod := range pods {
+		args := pod.Containers[0].Args
+		commands[args[0]] = true
+		if v, _ := flagValue(args, "clickhouse-cluster"); v != "prod" {
+			t.Errorf("%s: --clickhouse-cluster = %q, want prod", owner, v)
+		}
+		if v, _ := flagValue(args, "clickhouse-insert-quorum"); v != "2" {
+			t.Errorf("%s: --clickhouse-insert-quorum = %q, want 2", owner, v)
+		}
+		env := func(string) string { return "" }
+		cfg, err := config.Parse(args[0], args[1:], env, io.Discard, time.Now())
+		if err != nil {
+			// Secrets are files the pod mounts; only a missing one may fail.
+			if !strings.Contains(err.Error(), "/etc/syncd/secrets/") {
+				t.Errorf("%s: syncd %s refuses the chart's arguments: %v", owner, args[0], err)
+			}
+			continue
+		}
+		if cfg.ClickHouseCluster != "prod" || cfg.ClickHouseInsertQuorum != 2 {
+			t.Errorf("%s: parsed cluster %q quorum %d", owner, cfg.ClickHouseCluster, cfg.ClickHouseInsertQuorum)
+		}
+	}
+	for _, want := range []string{"migrate", "serve", "backfill"} {
+		if !commands[want] {
+			t.Errorf("no %s pod rendered: %v", want, commands)
+		}
+	}
+	if _, err := runHelm(t, "template", release, chartDir, "--namespace", namespace, "--kube-version", kubeVersion,
+		"--set", "config.clickhouseInsertQuorum=0"); err == nil || !strings.Contains(err.Error(), "clickhouseInsertQuorum") {
+		t.Errorf("the schema took config.clickhouseInsertQuorum=0 (%v)", err)
 	}
 }

@@ -35,6 +35,12 @@ type Server struct {
 	// server is killed when this process dies, so a crashed test binary
 	// leaves no orphan behind.
 	Detach bool
+	// InterserverPort, if set, is the port replicas fetch parts from each
+	// other on (interserver_http_port); a replicated server needs one.
+	InterserverPort int
+	// ExtraConfig is XML put inside the configuration's root element as it
+	// is: remote_servers, zookeeper, macros and the like (StartCluster).
+	ExtraConfig string
 
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when cmd has been waited for
@@ -220,6 +226,25 @@ func (s *Server) ping(ctx context.Context, client *http.Client) error {
 	return nil
 }
 
+// query runs q over HTTP and returns the server's error, if any.
+func (s *Server) query(ctx context.Context, client *http.Client, q string) error {
+	base := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(s.HTTPPort)) + "/"
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base, strings.NewReader(q))
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s: %s", q, resp.Status, bytes.TrimSpace(body))
+	}
+	return nil
+}
+
 // DSN returns the clickhouse-go v2 DSN of database on s.
 func (s *Server) DSN(database string) string {
 	return fmt.Sprintf("clickhouse://127.0.0.1:%d/%s", s.TCPPort, database)
@@ -360,9 +385,19 @@ func (s *Server) config() string {
     <mlock_executable>false</mlock_executable>
     <!-- Seconds a stopping server waits for open connections: keep Stop quick. -->
     <shutdown_wait_unfinished>1</shutdown_wait_unfinished>
-</yandex>
+%s</yandex>
 `, p("log", "clickhouse-server.log"), p("log", "clickhouse-server.err.log"),
-		s.TCPPort, s.HTTPPort, p("data"), p("tmp"), p("user_files"), p("format_schemas"), p("users.xml"))
+		s.TCPPort, s.HTTPPort, p("data"), p("tmp"), p("user_files"), p("format_schemas"), p("users.xml"), s.extraConfig())
+}
+
+// extraConfig is the interserver port's settings and ExtraConfig.
+func (s *Server) extraConfig() string {
+	var b strings.Builder
+	if s.InterserverPort != 0 {
+		fmt.Fprintf(&b, "    <interserver_http_host>127.0.0.1</interserver_http_host>\n    <interserver_http_port>%d</interserver_http_port>\n", s.InterserverPort)
+	}
+	b.WriteString(s.ExtraConfig)
+	return b.String()
 }
 
 func xmlEscape(s string) string {

@@ -1,5 +1,7 @@
 // Package chtest gives tests a real ClickHouse: a fresh database on a server
-// named by SYNCD_TEST_CLICKHOUSE_DSN, or on a private server it starts itself.
+// named by SYNCD_TEST_CLICKHOUSE_DSN, or on a private server it starts itself;
+// and clusters (Cluster, PrivateCluster): a ZooKeeper and two private
+// servers, as 1 shard × 2 replicas or 2 shards × 1 replica.
 package chtest
 
 import (
@@ -39,10 +41,11 @@ var shared struct {
 
 var dbSeq atomic.Int64
 
-// Main wraps testing.M: it runs the tests, then stops the shared server if
-// one was started. Use as: func TestMain(m *testing.M) { chtest.Main(m) }
+// Main wraps testing.M: it runs the tests, then stops the shared server and
+// clusters that were started. Use as: func TestMain(m *testing.M) { chtest.Main(m) }
 func Main(m *testing.M) {
 	code := m.Run()
+	stopClusters()
 	shared.mu.Lock()
 	if shared.srv != nil {
 		if err := shared.srv.Stop(); err != nil {

@@ -23,8 +23,13 @@ type Config struct {
 	Command string
 
 	ClickHouseDSN string
-	LogFormat     string
-	LogLevel      string
+	// ClickHouseCluster names the cluster the tables are replicated on
+	// ("": one server); ClickHouseInsertQuorum is the replicas a write
+	// must reach before it is acknowledged (0: a majority).
+	ClickHouseCluster      string
+	ClickHouseInsertQuorum int
+	LogFormat              string
+	LogLevel               string
 
 	Listen           string
 	AdminListen      string
@@ -165,6 +170,8 @@ func Parse(command string, args []string, getenv func(string) string, stderr io.
 
 	fs.StringVar(&c.ClickHouseDSN, "clickhouse-dsn", "clickhouse://127.0.0.1:9000/syncd", "clickhouse-go v2 DSN; the path is the database")
 	secretFile("clickhouse-dsn", func(v string) { c.ClickHouseDSN = v })
+	fs.StringVar(&c.ClickHouseCluster, "clickhouse-cluster", "", "ClickHouse cluster (its name in remote_servers) the tables are replicated on: migrate creates them ON CLUSTER as Replicated tables (Distributed too with several shards); empty = one server")
+	fs.IntVar(&c.ClickHouseInsertQuorum, "clickhouse-insert-quorum", 0, "with --clickhouse-cluster: replicas of a shard a write must reach before it is acknowledged (insert_quorum); 0 = a majority of the fewest replicas a shard has, 1 = no quorum")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or console")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 
@@ -351,6 +358,12 @@ func (c *Config) validate(now time.Time) error {
 	}
 	if c.BatchRows < 0 || c.QueueRows < 0 {
 		return fmt.Errorf("--batch-rows and --queue-rows must be positive")
+	}
+	if c.ClickHouseInsertQuorum < 0 {
+		return fmt.Errorf("--clickhouse-insert-quorum must be positive")
+	}
+	if c.ClickHouseInsertQuorum > 0 && c.ClickHouseCluster == "" {
+		return fmt.Errorf("--clickhouse-insert-quorum needs --clickhouse-cluster: a quorum is of a cluster's replicas")
 	}
 	if c.QueueBytes < 0 || c.WebhookBodyBytes < 0 {
 		return fmt.Errorf("--queue-bytes and --webhook-body-bytes must be positive")

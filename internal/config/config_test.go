@@ -86,6 +86,8 @@ func TestUsageErrors(t *testing.T) {
 		{CmdServe, []string{"--endpoint-rate-limit", "-1"}, "--endpoint-rate-limit"},
 		{CmdServe, []string{"--no-such-flag"}, "no-such-flag"},
 		{CmdMigrate, []string{"extra"}, "unexpected argument"},
+		{CmdMigrate, []string{"--clickhouse-insert-quorum", "2"}, "needs --clickhouse-cluster"},
+		{CmdServe, []string{"--clickhouse-cluster", "prod", "--clickhouse-insert-quorum", "-1"}, "--clickhouse-insert-quorum"},
 		{"frobnicate", nil, "unknown command"},
 	} {
 		_, err := parse(t, tt.cmd, tt.args, nil)
@@ -273,6 +275,28 @@ func TestPprofIsOffByDefault(t *testing.T) {
 		}
 		if c.Pprof != tt.want {
 			t.Errorf("args %v env %v: Pprof = %v, want %v", tt.args, tt.env, c.Pprof, tt.want)
+		}
+	}
+}
+
+// Every command takes the cluster and its quorum, from flags or the
+// environment, and none is set by default.
+func TestClusterSettings(t *testing.T) {
+	for _, cmd := range []string{CmdMigrate, CmdServe, CmdBackfill, CmdVerify} {
+		c, err := parse(t, cmd, nil, map[string]string{"SYNCD_STRIPE_API_KEY": "sk_test_x"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.ClickHouseCluster != "" || c.ClickHouseInsertQuorum != 0 {
+			t.Errorf("%s: defaults cluster %q quorum %d", cmd, c.ClickHouseCluster, c.ClickHouseInsertQuorum)
+		}
+		c, err = parse(t, cmd, []string{"--clickhouse-insert-quorum", "3"},
+			map[string]string{"SYNCD_STRIPE_API_KEY": "sk_test_x", "SYNCD_CLICKHOUSE_CLUSTER": "prod", "SYNCD_CLICKHOUSE_INSERT_QUORUM": "1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.ClickHouseCluster != "prod" || c.ClickHouseInsertQuorum != 3 {
+			t.Errorf("%s: cluster %q quorum %d, want prod and the flag's 3", cmd, c.ClickHouseCluster, c.ClickHouseInsertQuorum)
 		}
 	}
 }

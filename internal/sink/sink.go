@@ -663,15 +663,29 @@ func (s *Sink) commitStep(q *queue, st step) error {
 		}
 		s.opts.Metrics.SinkErrors.Inc()
 		wait := bo.NextBackOff()
+		if replicasMissing(err) {
+			// The server answers but cannot commit: a ping would find
+			// nothing wrong, so only a retry that succeeds says it can
+			// again. It fails at once while it cannot, and is tried
+			// every second: writers are taken again within a second of
+			// the replica's return.
+			wait = min(wait, replicaRetry)
+		}
 		s.opts.Logger.Warn("clickhouse insert failed; retrying",
 			zap.String("table", q.table.Name), zap.Int("rows", n), zap.Int("attempt", attempt),
 			zap.Duration("retry_in", wait), zap.Error(err))
-		// An insert that did not reach ClickHouse tells the writers (they
-		// stop waiting, and new ones are refused) and starts the probe,
-		// whose success cuts this wait short.
+		// An insert that did not reach ClickHouse, or could not commit
+		// there, tells the writers (they stop waiting, and new ones are
+		// refused); one that did not reach it starts the probe, whose
+		// success cuts this wait short.
 		var back <-chan struct{}
-		if unreachable(err) && s.stop.Err() == nil {
-			back = s.health.lost(s.opts.Logger, s.probe)
+		if s.stop.Err() == nil {
+			switch {
+			case unreachable(err):
+				back = s.health.lost(s.opts.Logger, s.probe)
+			case replicasMissing(err):
+				s.health.lost(s.opts.Logger, nil)
+			}
 		}
 		select {
 		case <-time.After(wait):
@@ -733,6 +747,30 @@ func unreachable(err error) bool {
 	var ex *clickhouse.Exception
 	var ae *appendError
 	return !errors.As(err, &ex) && !errors.As(err, &ae)
+}
+
+// Codes of a server that answers but cannot commit an INSERT until another
+// server is back: a cluster short of replicas for the quorum
+// (TOO_FEW_LIVE_REPLICAS), a quorum INSERT that timed out waiting for one
+// (UNKNOWN_STATUS_OF_INSERT), a replica cut off from ZooKeeper
+// (TABLE_IS_READ_ONLY, KEEPER_EXCEPTION), a shard a Distributed INSERT
+// cannot reach (ALL_CONNECTION_TRIES_FAILED, NETWORK_ERROR,
+// SOCKET_TIMEOUT). Not UNSATISFIED_QUORUM_FOR_PREVIOUS_WRITE: before 20.x
+// (insert_quorum_parallel) a table takes one quorum INSERT at a time, and
+// two writers meet it in turn without anything being down; it is retried.
+var replicaCodes = []int32{285, 319, 242, 999, 279, 210, 209}
+
+// replicaRetry is the longest wait between retries of an insert that
+// failed for want of another server.
+const replicaRetry = time.Second
+
+// replicasMissing tells whether a failed insert failed for want of another
+// server of the cluster: the sink then refuses writes that cannot wait, as
+// when ClickHouse is unreachable, rather than let a webhook wait out its
+// deadline.
+func replicasMissing(err error) bool {
+	var ex *clickhouse.Exception
+	return errors.As(err, &ex) && slices.Contains(replicaCodes, ex.Code)
 }
 
 // abandon fails the rows of rest and everything still queued in q with err.
@@ -831,8 +869,8 @@ func (h *health) lostSignal() <-chan struct{} {
 	return h.gone
 }
 
-// lost records that an insert could not reach ClickHouse; the first such
-// failure of a spell starts probe. It returns a channel closed when
+// lost records that an insert could not reach ClickHouse, or could not
+// commit there; the first such failure of a spell starts probe, if any. It returns a channel closed when
 // ClickHouse is found again.
 func (h *health) lost(log *zap.Logger, probe func(back <-chan struct{})) <-chan struct{} {
 	h.mu.Lock()
@@ -841,8 +879,10 @@ func (h *health) lost(log *zap.Logger, probe func(back <-chan struct{})) <-chan 
 		h.down = true
 		close(h.gone)
 		h.back = make(chan struct{})
-		log.Warn("clickhouse unreachable: refusing writes that cannot wait (webhooks answer 503) until it answers")
-		go probe(h.back)
+		log.Warn("clickhouse unreachable or short of replicas: refusing writes that cannot wait (webhooks answer 503) until it takes them")
+		if probe != nil {
+			go probe(h.back)
+		}
 	}
 	return h.back
 }

@@ -136,6 +136,12 @@ provider (of a backfill) leaves out the other provider's flags.
 {{- range $refs }}
 - --{{ .flag }}-file=/etc/syncd/secrets/{{ .flag }}
 {{- end }}
+{{- with $v.config.clickhouseCluster }}
+- --clickhouse-cluster={{ . }}
+{{- end }}
+{{- if not (kindIs "invalid" $v.config.clickhouseInsertQuorum) }}
+- --clickhouse-insert-quorum={{ $v.config.clickhouseInsertQuorum }}
+{{- end }}
 - --log-format={{ $v.config.logFormat }}
 - --log-level={{ $v.config.logLevel }}
 {{- if ne .scope "migrate" }}
