@@ -155,7 +155,9 @@ func (l Layout) Rewrite(stmt string) ([]string, error) {
 	case dropTable.MatchString(stmt):
 		name := dropTable.FindStringSubmatch(stmt)[1]
 		out := []string{"DROP TABLE IF EXISTS " + l.name(name) + onCluster}
-		if l.Sharded && ShardLocalViews[name] {
+		// Sharded, a table or a per-shard view is two: the Distributed
+		// table and what it reads.
+		if l.Sharded && (ShardLocalViews[name] || ShardKeys[name] != "") {
 			out = append(out, "DROP TABLE IF EXISTS "+l.name(name+LocalSuffix)+onCluster)
 		}
 		return out, nil

@@ -85,22 +85,22 @@ func runBackfill(ctx context.Context, cfg *config.Config, log *zap.Logger, e env
 }
 
 // sharer is a source whose rate limit can be split with other processes.
-type sharer interface{ Share(n int) }
+type sharer interface{ SetShare(f float64) }
 
 // joinFleet makes this command a member of the processes spending pool's
-// API budget (internal/fleet), each a 1/n share of it, until leave is
+// API budget (internal/fleet), with its share of it, until leave is
 // called. It fails only when ctx ends; a ClickHouse that cannot take the
 // heartbeat leaves the whole limit to this process, with a warning.
 func joinFleet(ctx context.Context, conn driver.Conn, pool string, src sharer, log *zap.Logger) (leave func(), err error) {
 	member := fleet.New(fleet.Options{Conn: conn, Role: fleet.RoleBackfill, Pool: pool, Logger: log.Named("fleet"),
-		OnChange: func(live []string) { src.Share(len(live)) }})
+		OnShare: src.SetShare})
 	if err := member.Join(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil, err
 		}
 		log.Warn("could not join the fleet; the whole rate limit is spent as if alone", zap.Error(err))
 	}
-	src.Share(member.Size())
+	src.SetShare(member.Share())
 	fleetCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	var done sync.WaitGroup
 	done.Go(func() { member.Run(fleetCtx) })

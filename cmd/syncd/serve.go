@@ -196,9 +196,11 @@ func runServe(ctx context.Context, cfg *config.Config, log *zap.Logger, e env) e
 			b.member = fleet.New(fleet.Options{Conn: conn, Role: fleet.RoleServe, Pool: config.Stripe, Logger: log.Named("fleet"),
 				OnChange: func(live []string) {
 					m.FleetMembers.Set(float64(len(live)))
-					src.Share(len(live))
 					refresher.Rebalance()
-				}})
+				},
+				OnShare: src.SetShare,
+				Backlog: func() int { return refresher.Backlog() },
+			})
 			m.FleetMembers.Set(1)
 			refresher = backfill.NewRefresher(backfill.RefresherOptions{
 				Source: src, Sink: sk, Conn: conn, Metrics: m, Logger: log.Named("refresh"), Workers: cfg.RefreshWorkers,

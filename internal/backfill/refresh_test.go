@@ -266,3 +266,20 @@ func TestRefreshSlicesAHeavyCustomerWithoutCursor(t *testing.T) {
 	}
 	assertMirrors(t, w.conn, emu.TruthFor("", heavy.ID))
 }
+
+// Backlog counts the customers that have waited for their refresh longer
+// than backlogAfter (the fleet gives a backlogged serve process the larger
+// share of the budget), and falls to zero once they are refreshed.
+func TestRefreshBacklog(t *testing.T) {
+	t.Parallel()
+	w := newWarehouse(t, 10000)
+	emu, url := newEmulator(t, stripeemu.Config{Seed: 9, Customers: 24})
+	r, _ := startRefresher(t, w, newSource(t, url, w.m, 4))
+	for _, c := range emu.Customers() {
+		r.MarkDirty(c.Account, c.ID, "")
+	}
+	// At 4 requests/s the 24 customers take 6 s: some wait past 2 s.
+	waitFor(t, 10*time.Second, "a backlog", func() bool { return r.Backlog() > 0 })
+	waitFor(t, 30*time.Second, "the refresher to go idle", r.Idle)
+	waitFor(t, 5*time.Second, "no backlog", func() bool { return r.Backlog() == 0 })
+}

@@ -136,12 +136,18 @@ func newLimited(o *SourceOptions, provider, bulk string) limited {
 }
 
 // Share spends a 1/n share of each configured limit: n processes sharing
-// the account's budget (internal/fleet).
+// the account's budget equally.
 func (l *limited) Share(n int) {
 	if n >= 1 {
-		l.lim.SetShare(1 / float64(n))
-		l.gauges("", l.bulk)
+		l.SetShare(1 / float64(n))
 	}
+}
+
+// SetShare spends the fraction f of each configured limit: this process's
+// share of the account's budget (internal/fleet, Member.Share).
+func (l *limited) SetShare(f float64) {
+	l.lim.SetShare(f)
+	l.gauges("", l.bulk)
 }
 
 // RateLimit is the configured requests per second a customer's read may

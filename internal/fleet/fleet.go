@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash/fnv"
+	"math"
 	"os"
 	"slices"
 	"sync"
@@ -31,7 +32,8 @@ type Options struct {
 	// restarted pod is a new member.
 	ID string
 	// Role is "serve" or "backfill". Every member of a pool gets the same
-	// share of its budget; only serve members own keys (they refresh).
+	// share of its budget, except while a serve member has a backlog
+	// (Share); only serve members own keys (they refresh).
 	Role string
 	// Pool is the budget the member spends: "stripe" or "orb".
 	Pool string
@@ -43,7 +45,21 @@ type Options struct {
 	// OnChange, when set, is called with the new live set (sorted, this
 	// member included) whenever it changes, from Run's goroutine.
 	OnChange func(live []string)
+	// Backlog, for a serve member, counts the customers it has owed a
+	// refresh for longer than a few seconds; it is written with each
+	// heartbeat. Nil: none.
+	Backlog func() int
+	// OnShare, when set, is called with this member's new share of the
+	// pool's budget (Share) whenever it changes, from Run's goroutine.
+	OnShare func(share float64)
 }
+
+// BackfillWeight is what a backfill or verify member's share weighs, a
+// serve member's being 1, while some serve member of the pool has a
+// backlog: webhook-triggered refreshes first, as the issue of a month-start
+// invoice wave during a weekly sweep asks, yet never zero, so a steady
+// stream of triggers cannot stop a backfill for good.
+const BackfillWeight = 0.25
 
 // Member is this process's place in the fleet. Until the first heartbeat
 // has been read back, and whenever ClickHouse cannot be read, it keeps the
@@ -54,6 +70,7 @@ type Member struct {
 	mu     sync.Mutex
 	live   []string // the pool's live members, sorted
 	owners []string // those of them whose role is serve
+	share  float64  // of the pool's budget, in (0, 1]
 }
 
 // New returns the member described by o; Join and Run make it one.
@@ -70,7 +87,7 @@ func New(o Options) *Member {
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
-	m := &Member{o: o, live: []string{o.ID}}
+	m := &Member{o: o, live: []string{o.ID}, share: 1}
 	if o.Role == RoleServe {
 		m.owners = []string{o.ID}
 	}
@@ -149,9 +166,13 @@ func (m *Member) beat(ctx context.Context, gone bool) error {
 	if gone {
 		g = 1
 	}
+	backlog := 0
+	if m.o.Backlog != nil && !gone {
+		backlog = min(max(m.o.Backlog(), 0), math.MaxUint32)
+	}
 	err := m.o.Conn.Exec(ctx, fmt.Sprintf(
-		"INSERT INTO syncd_members (member, role, pool, heartbeat, gone, _version) SELECT %s, %s, %s, now(), %d, %d",
-		quote(m.o.ID), quote(m.o.Role), quote(m.o.Pool), g, time.Now().UnixNano()))
+		"INSERT INTO syncd_members (member, role, pool, heartbeat, gone, backlog, _version) SELECT %s, %s, %s, now(), %d, %d, %d",
+		quote(m.o.ID), quote(m.o.Role), quote(m.o.Pool), g, backlog, time.Now().UnixNano()))
 	if err != nil {
 		return fmt.Errorf("fleet heartbeat: %w", err)
 	}
@@ -161,21 +182,28 @@ func (m *Member) beat(ctx context.Context, gone bool) error {
 // poll reads the live set and reports a change.
 func (m *Member) poll(ctx context.Context) error {
 	rows, err := m.o.Conn.Query(ctx, fmt.Sprintf(
-		"SELECT member, role FROM syncd_members FINAL WHERE gone = 0 AND heartbeat >= now() - %d AND pool = %s ORDER BY member",
+		"SELECT member, role, backlog FROM syncd_members FINAL WHERE gone = 0 AND heartbeat >= now() - %d AND pool = %s ORDER BY member",
 		int64(m.o.TTL/time.Second), quote(m.o.Pool)))
 	if err != nil {
 		return fmt.Errorf("fleet members: %w", err)
 	}
 	defer rows.Close()
-	var live, owners []string
+	var (
+		live, owners []string
+		backlogged   bool
+	)
 	for rows.Next() {
-		var id, role string
-		if err := rows.Scan(&id, &role); err != nil {
+		var (
+			id, role string
+			backlog  uint32
+		)
+		if err := rows.Scan(&id, &role, &backlog); err != nil {
 			return fmt.Errorf("fleet members: %w", err)
 		}
 		live = append(live, id)
 		if role == RoleServe {
 			owners = append(owners, id)
+			backlogged = backlogged || backlog > 0
 		}
 	}
 	if err := rows.Err(); err != nil {
@@ -189,9 +217,10 @@ func (m *Member) poll(ctx context.Context) error {
 			slices.Sort(owners)
 		}
 	}
+	share := shareOf(m.o.Role, len(live), len(owners), backlogged)
 	m.mu.Lock()
-	changed := !slices.Equal(live, m.live)
-	m.live, m.owners = live, owners
+	changed, reshared := !slices.Equal(live, m.live), share != m.share
+	m.live, m.owners, m.share = live, owners, share
 	m.mu.Unlock()
 	if changed {
 		m.o.Logger.Info("fleet changed", zap.Strings("live", live))
@@ -199,7 +228,38 @@ func (m *Member) poll(ctx context.Context) error {
 			m.o.OnChange(slices.Clone(live))
 		}
 	}
+	if reshared {
+		m.o.Logger.Info("fleet budget share changed", zap.Float64("share", share), zap.Bool("refreshes_backlogged", backlogged))
+		if m.o.OnShare != nil {
+			m.o.OnShare(share)
+		}
+	}
 	return nil
+}
+
+// shareOf is the share of the pool's budget of a member of role, among
+// live members of which serve are serve members: equal shares, but while a
+// serve member has a backlog the others weigh BackfillWeight each.
+func shareOf(role string, live, serve int, backlogged bool) float64 {
+	if live <= 0 {
+		return 1
+	}
+	if !backlogged || serve == live {
+		return 1 / float64(live)
+	}
+	total := float64(serve) + BackfillWeight*float64(live-serve)
+	if role == RoleServe {
+		return 1 / total
+	}
+	return BackfillWeight / total
+}
+
+// Share is this member's share of the pool's budget, in (0, 1]: 1/Size()
+// while no serve member has a backlog.
+func (m *Member) Share() float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.share
 }
 
 // Size is the number of live members of the pool, this one included: the
