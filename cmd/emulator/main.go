@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/syncd/syncd/internal/ratelimit"
+	"github.com/syncd/syncd/internal/stripeemu"
 )
 
 func main() {
@@ -45,6 +46,7 @@ type options struct {
 	webhookURL    string
 	webhookSecret string
 	thinEvents    bool
+	scale         stripeemu.Scale
 	limitsOff     bool
 	limits        ratelimit.Limits // overrides of the documented limits: 0 keeps one
 	scope         ratelimit.Scope
@@ -96,6 +98,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	accounts := fs.String("accounts", "platform", `comma-separated accounts: "platform" and/or acct_… ids`)
 	heavy := fs.String("heavy", "", "comma-separated transaction counts of extra heavy customers, e.g. 5000")
 	end := fs.String("end", "now", `newest generated timestamp: "now", RFC 3339, or "fixed" (a constant, for identical data every run)`)
+	fs.IntVar(&o.scale.Customers, "scale-customers", 0, "stripe: generate this many customers in all, compactly and read-only, over the platform and --scale-accounts connected accounts (skewed); replaces --customers, --accounts and --heavy")
+	fs.IntVar(&o.scale.Accounts, "scale-accounts", 0, "stripe: connected accounts of a --scale-customers world")
 	fs.BoolVar(&o.livemode, "livemode", false, "generate live-mode objects")
 	fs.DurationVar(&o.latency, "latency", 0, "delay added to every API request")
 	fs.Float64Var(&o.rate429, "rate-429", 0, "fraction of API requests answered 429")

@@ -14,12 +14,16 @@ import (
 )
 
 func newStripe(o options, mux *http.ServeMux) (emulator, error) {
-	emu, err := stripeemu.New(stripeemu.Config{
+	cfg := stripeemu.Config{
 		Seed: o.seed, Customers: o.customers, Accounts: o.accounts, HeavyCustomers: o.heavy,
 		End: o.end, Livemode: o.livemode, Latency: o.latency, Rate429: o.rate429, Rate500: o.rate500,
 		WebhookURL: o.webhookURL, WebhookSecret: o.webhookSecret, ThinEvents: o.thinEvents,
 		Limits: o.limitsFor(stripeapi.ModeLimits(o.livemode)), LimitScope: o.scope,
-	})
+	}
+	if o.scale.Customers > 0 {
+		cfg.Scale, cfg.Customers, cfg.Accounts, cfg.HeavyCustomers = o.scale, 0, nil, nil
+	}
+	emu, err := stripeemu.New(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -29,6 +33,7 @@ func newStripe(o options, mux *http.ServeMux) (emulator, error) {
 	mux.HandleFunc("POST /_emu/edit-description", c.editDescription)
 	mux.HandleFunc("GET /_emu/truth/summary", c.summary)
 	mux.HandleFunc("GET /_emu/truth", c.truth)
+	mux.HandleFunc("GET /_emu/world", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, emu.World()) })
 	return emu, nil
 }
 

@@ -73,6 +73,7 @@ var ExportedMetrics = map[string]string{
 	"syncd_refresh_parked_total":             "counter",
 	"syncd_recovered_rows_total":             "counter",
 	"syncd_backfill_deleted_customers_total": "counter",
+	"syncd_backfill_balances_seconds":        "gauge",
 	"syncd_refresh_skipped_events_total":     "counter",
 	// The source APIs' limits (docs/limits.md).
 	"syncd_source_throttled_total": "counter",

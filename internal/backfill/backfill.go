@@ -4,10 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -129,25 +129,34 @@ type job struct {
 	customer string
 	since    string // newest id held; "" reads everything
 	page     *pageState
+	phase    phase // of the sweep that listed it; 0 when chosen
 }
 
 // acctState is one account's part of the run.
 type acctState struct {
 	id      string
-	run     *run // nil when the run reads chosen customers only
-	done    map[string]bool
-	cursors map[string]string
+	run     *run              // nil when the run reads chosen customers only
+	cursors map[string]string // newest id held per chosen customer
+
+	// The sweep's listing: its phase, the cursor of its next page, the
+	// checkpointed cursor it resumed from, and whether the run is one an
+	// earlier process began (so customers may be done already).
+	phase        phase
+	listCursor   string
+	resumeCursor string
+	resumed      bool
 
 	started *sink.Ack // the new run's row, when startRun began one
 
-	mu    sync.Mutex
-	pages []*pageState
+	mu       sync.Mutex
+	pages    []*pageState
+	inflight map[string]bool // customers sent and not yet checkpointed
 }
 
 // pageState tracks one enumerated page of customers, so that the run's
 // enumeration cursor only moves past pages whose customers are all done.
 type pageState struct {
-	last     string
+	cursor   string // the run cursor once the page is done; "" leaves it
 	pending  int
 	complete bool
 }
@@ -166,6 +175,14 @@ type runner struct {
 	deleted    atomic.Int64
 	rows       atomic.Int64
 	malformed  atomic.Int64
+
+	// The first phase of a sweep: whether its listing is over, its
+	// customers sent and not yet checkpointed, and those checkpointed.
+	phaseMu         sync.Mutex
+	balancesListed  bool
+	balancesEnded   bool
+	balancesPending int
+	balancesDone    int
 }
 
 // Run reads the source into the sink as o describes and returns a summary.
@@ -227,6 +244,7 @@ func (r *runner) run(sum *Summary) error {
 
 	// Decide what to read: chosen customers, changed customers, or a sweep.
 	var chosen map[string][]string // account → customers
+	sinceRun := ""                 // the run id a --since catch-up checkpoints under
 	if !o.Since.IsZero() {
 		cf, ok := o.Source.(changeFinder)
 		switch age := time.Since(o.Since); {
@@ -238,9 +256,11 @@ func (r *runner) run(sum *Summary) error {
 			r.notef("--since %s is beyond the 30-day Events window: running a full incremental sweep instead\n", o.Since.UTC().Format(time.RFC3339))
 		default:
 			sum.Mode = "since"
+			from := sinceFrom(o.Since)
+			sinceRun = sinceRunID(from)
 			chosen = map[string][]string{}
 			for _, a := range accounts {
-				cs, err := cf.ChangedCustomers(r.ctx, a, o.Since)
+				cs, err := cf.ChangedCustomers(r.ctx, a, from)
 				if err != nil {
 					return fmt.Errorf("find customers changed since %s in %s: %w", o.Since.UTC().Format(time.RFC3339), accountName(a), err)
 				}
@@ -272,27 +292,39 @@ func (r *runner) run(sum *Summary) error {
 		}
 	}
 
-	states := make([]*acctState, 0, len(accounts))
-	for _, a := range accounts {
-		st := &acctState{id: a}
-		var only []string
-		if chosen != nil {
-			only = chosen[a]
-			if len(only) == 0 {
-				states = append(states, st)
-				continue
-			}
-		} else if err := r.startRun(st); err != nil {
+	var prev map[string]*run
+	if chosen == nil {
+		if prev, err = latestRuns(r.ctx, o.Conn, r.src.Provider()); err != nil {
 			return err
 		}
-		if !o.Full {
+	}
+	states := make([]*acctState, 0, len(accounts))
+	for _, a := range accounts {
+		st := &acctState{id: a, inflight: map[string]bool{}}
+		states = append(states, st)
+		if chosen == nil {
+			// A sweep reads the held cursors page by page as it lists.
+			if err := r.startRun(st, prev[a]); err != nil {
+				return err
+			}
+			continue
+		}
+		if sinceRun != "" && len(o.Customers) == 0 && len(chosen[a]) > 0 {
+			// Checkpointed customer by customer, as a sweep is: a rerun of
+			// an unfinished catch-up skips the customers it has finished.
+			id, resumed, err := r.sinceRun(a, sinceRun)
+			if err != nil {
+				return err
+			}
+			st.run, st.resumed = &run{Provider: r.src.Provider(), Account: a, ID: id}, resumed
+		}
+		if only := chosen[a]; len(only) > 0 && !o.Full {
 			cs, err := cursors(r.ctx, o.Conn, r.src.Provider(), a, only)
 			if err != nil {
 				return err
 			}
 			st.cursors = cs
 		}
-		states = append(states, st)
 	}
 
 	jobs := make(chan job, 4*o.Concurrency)
@@ -338,6 +370,20 @@ func (r *runner) run(sum *Summary) error {
 	// the next run start a new sweep and read again the customers this
 	// one had finished (one insert more at the end of a run is the cost).
 	var finished []*sink.Ack
+	if sinceRun != "" && r.malformed.Load() == 0 {
+		// The catch-up is over: the next one, of any window, reads every
+		// customer its events name again.
+		for _, st := range states {
+			if st.run == nil {
+				continue
+			}
+			a, err := o.Sink.Write(r.ctx, doneTable, []any{r.src.Provider(), st.id, st.run.ID, "", uint64(0), time.Now().UTC()})
+			if err != nil {
+				return fmt.Errorf("record the finished catch-up: %w", err)
+			}
+			finished = append(finished, a)
+		}
+	}
 	if chosen == nil && r.malformed.Load() == 0 {
 		for _, st := range states {
 			st.mu.Lock()
@@ -384,23 +430,25 @@ func (r *runner) accounts() ([]string, error) {
 	return []string{""}, nil
 }
 
-// startRun resumes the account's interrupted sweep, or starts a new one.
-func (r *runner) startRun(st *acctState) error {
-	prev, err := latestRun(r.ctx, r.o.Conn, r.src.Provider(), st.id)
-	if err != nil {
-		return err
-	}
+// startRun resumes the account's interrupted sweep prev, or starts a new
+// one.
+func (r *runner) startRun(st *acctState, prev *run) error {
 	if prev != nil && !prev.Finished && (prev.Full || !r.o.Full) {
-		done, err := doneCustomers(r.ctx, r.o.Conn, prev)
+		done, err := doneCount(r.ctx, r.o.Conn, prev)
 		if err != nil {
 			return err
 		}
-		st.run, st.done = prev, done
-		// Finished customers before the enumeration cursor are not listed again.
-		r.resumed.Add(int64(len(done)))
-		r.total.Add(int64(len(done)))
+		st.run, st.resumed = prev, true
+		st.phase, st.listCursor = parseCursor(prev.Cursor)
+		st.resumeCursor = st.listCursor
+		if _, ok := r.src.(balanceLister); !ok {
+			st.phase = phaseRest
+		}
+		// Finished customers are skipped as the listing meets them.
+		r.resumed.Add(done)
+		r.total.Add(done)
 		r.o.Logger.Info("resuming an interrupted backfill", zap.String("account", st.id), zap.String("run", prev.ID),
-			zap.Bool("full", prev.Full), zap.Int("customers_done", len(done)))
+			zap.Bool("full", prev.Full), zap.Int64("customers_done", done))
 		return nil
 	}
 	var b [6]byte
@@ -408,7 +456,10 @@ func (r *runner) startRun(st *acctState) error {
 	now := time.Now()
 	st.run = &run{Provider: r.src.Provider(), Account: st.id, ID: now.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:]),
 		Full: r.o.Full, StartedAt: now}
-	st.done = map[string]bool{}
+	st.phase = phaseBalances
+	if _, ok := r.src.(balanceLister); !ok {
+		st.phase = phaseRest
+	}
 	// Not waited for here: the first request goes out now, not after an
 	// insert (and the sink's linger). What depends on the row is the next
 	// run's choice between resuming this sweep and starting a new one, so
@@ -441,66 +492,25 @@ func (r *runner) enumerate(states []*acctState, chosen map[string][]string, jobs
 		}
 		r.total.Store(int64(n))
 		for _, st := range states {
-			for _, c := range chosen[st.id] {
-				if !send(job{acct: st, customer: c, since: st.cursors[c]}) {
-					return nil
+			for chunk := range slices.Chunk(chosen[st.id], 1000) {
+				read := chunk
+				if st.resumed {
+					var err error
+					if read, err = r.notDone(st, slices.Clone(chunk)); err != nil {
+						return err
+					}
+					r.resumed.Add(int64(len(chunk) - len(read)))
+				}
+				for _, c := range read {
+					if !send(job{acct: st, customer: c, since: st.cursors[c]}) {
+						return nil
+					}
 				}
 			}
 		}
 		return nil
 	}
-	for _, st := range states {
-		cursor := st.run.Cursor
-		for {
-			ids, next, err := r.src.CustomerPage(r.ctx, st.id, cursor)
-			if err != nil && cursor != "" && cursor == st.run.Cursor && !errors.Is(err, context.Canceled) {
-				// The checkpointed customer may be gone: list from the
-				// start; done customers are skipped anyway.
-				r.o.Logger.Warn("cannot resume the customer listing at the checkpoint; listing from the start",
-					zap.String("account", st.id), zap.Error(err))
-				cursor = ""
-				continue
-			}
-			if err != nil {
-				if r.ctx.Err() != nil {
-					return nil
-				}
-				return fmt.Errorf("list customers of %s: %w", accountName(st.id), err)
-			}
-			pg := &pageState{}
-			if len(ids) > 0 {
-				pg.last = ids[len(ids)-1]
-			}
-			st.mu.Lock()
-			st.pages = append(st.pages, pg)
-			st.mu.Unlock()
-			for _, c := range ids {
-				if st.done[c] {
-					continue // counted in total and resumed by startRun
-				}
-				r.total.Add(1)
-				since := st.cursors[c]
-				if st.run.Full {
-					since = ""
-				}
-				st.mu.Lock()
-				pg.pending++
-				st.mu.Unlock()
-				if !send(job{acct: st, customer: c, since: since, page: pg}) {
-					return nil
-				}
-			}
-			st.mu.Lock()
-			pg.complete = true
-			st.mu.Unlock()
-			r.advance(st)
-			if next == "" {
-				break
-			}
-			cursor = next
-		}
-	}
-	return nil
+	return r.sweep(states, send)
 }
 
 // readDone is a customer whose rows are queued in the sink.
@@ -627,8 +637,12 @@ func (r *runner) commitCheckpoints(in <-chan checkpoint) {
 		if c.page != nil {
 			c.acct.mu.Lock()
 			c.page.pending--
+			delete(c.acct.inflight, c.customer)
 			c.acct.mu.Unlock()
 			r.advance(c.acct)
+		}
+		if c.phase == phaseBalances {
+			r.balancesRead(1)
 		}
 	}
 }
@@ -639,8 +653,8 @@ func (r *runner) advance(st *acctState) {
 	st.mu.Lock()
 	moved := false
 	for len(st.pages) > 0 && st.pages[0].complete && st.pages[0].pending == 0 {
-		if st.pages[0].last != "" {
-			st.run.Cursor = st.pages[0].last
+		if st.pages[0].cursor != "" {
+			st.run.Cursor = st.pages[0].cursor
 			moved = true
 		}
 		st.pages = st.pages[1:]

@@ -40,41 +40,35 @@ func boolByte(b bool) uint8 {
 	return 0
 }
 
-// latestRun returns the newest run of (provider, account), or nil.
-func latestRun(ctx context.Context, conn driver.Conn, provider, account string) (*run, error) {
-	rows, err := conn.Query(ctx, `SELECT run_id, full, customer_cursor, finished, started_at
-		FROM backfill_runs FINAL WHERE provider = ? AND account_id = ?`, provider, account)
+// latestRuns returns the newest run of each account of provider that has
+// one, by account: one query, however many accounts a run reads.
+func latestRuns(ctx context.Context, conn driver.Conn, provider string) (map[string]*run, error) {
+	rows, err := conn.Query(ctx, `SELECT account_id, run_id, full, customer_cursor, finished, started_at
+		FROM backfill_runs FINAL WHERE provider = ?`, provider)
 	if err != nil {
 		return nil, fmt.Errorf("read backfill_runs: %w", err)
 	}
 	defer rows.Close()
-	if !rows.Next() {
-		return nil, rows.Err()
-	}
-	r := &run{Provider: provider, Account: account}
-	var full, finished uint8
-	if err := rows.Scan(&r.ID, &full, &r.Cursor, &finished, &r.StartedAt); err != nil {
-		return nil, fmt.Errorf("read backfill_runs: %w", err)
-	}
-	r.Full, r.Finished = full == 1, finished == 1
-	return r, nil
-}
-
-// doneCustomers returns the customers run has finished.
-func doneCustomers(ctx context.Context, conn driver.Conn, r *run) (map[string]bool, error) {
-	rows, err := conn.Query(ctx, `SELECT DISTINCT customer FROM backfill_customers
-		WHERE provider = ? AND account_id = ? AND run_id = ?`, r.Provider, r.Account, r.ID)
-	if err != nil {
-		return nil, fmt.Errorf("read backfill_customers: %w", err)
-	}
-	defer rows.Close()
-	out := map[string]bool{}
+	out := map[string]*run{}
 	for rows.Next() {
-		var c string
-		if err := rows.Scan(&c); err != nil {
-			return nil, fmt.Errorf("read backfill_customers: %w", err)
+		r := &run{Provider: provider}
+		var full, finished uint8
+		if err := rows.Scan(&r.Account, &r.ID, &full, &r.Cursor, &finished, &r.StartedAt); err != nil {
+			return nil, fmt.Errorf("read backfill_runs: %w", err)
 		}
-		out[c] = true
+		r.Full, r.Finished = full == 1, finished == 1
+		out[r.Account] = r
 	}
 	return out, rows.Err()
+}
+
+// doneCount returns how many customers run has finished.
+func doneCount(ctx context.Context, conn driver.Conn, r *run) (int64, error) {
+	var n uint64
+	err := conn.QueryRow(ctx, `SELECT uniqExact(customer) FROM backfill_customers
+		WHERE provider = ? AND account_id = ? AND run_id = ?`, r.Provider, r.Account, r.ID).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("read backfill_customers: %w", err)
+	}
+	return int64(n), nil
 }

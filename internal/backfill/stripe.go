@@ -74,7 +74,8 @@ type StripeSource struct {
 
 	requests atomic.Int64
 	retries  atomic.Int64
-	latency  atomic.Int64 // moving average of a successful request, in ns
+	latency  atomic.Int64  // moving average of a successful request, in ns
+	timeout  time.Duration // of one attempt; 0: none
 
 	// created is when each customer listed by CustomerPage was created, by
 	// (account, customer), until Transactions reads it: slices start there.
@@ -97,6 +98,12 @@ func NewStripeSource(o StripeOptions) *StripeSource {
 	}
 	wrapped := *hc
 	wrapped.Transport = statusTransport{base}
+	// The client's timeout becomes each attempt's context deadline:
+	// stripe-go reads a body to its end but never closes it, and net/http
+	// stops a Client.Timeout's timer, and its goroutine, only on Close, so
+	// every request would otherwise hold both for the whole timeout (a
+	// backfill at 2,000 requests/s held 20,000 goroutines, hundreds of MiB).
+	wrapped.Timeout = 0
 	backend := stripe.GetBackendWithConfig(stripe.APIBackend, &stripe.BackendConfig{
 		HTTPClient:        &wrapped,
 		URL:               stripe.String(strings.TrimRight(o.URL, "/")),
@@ -105,7 +112,7 @@ func NewStripeSource(o StripeOptions) *StripeSource {
 		EnableTelemetry:   stripe.Bool(false),
 	}).(stripe.RawRequestBackend)
 	s := &StripeSource{backend: backend, key: o.APIKey, retry: o.Retry, m: o.Metrics, log: o.Logger,
-		created: map[[2]string]int64{}, limited: newLimited(&o, "stripe", stripeTxnEndpoint)}
+		created: map[[2]string]int64{}, limited: newLimited(&o, "stripe", stripeTxnEndpoint), timeout: hc.Timeout}
 	return s
 }
 
@@ -250,7 +257,12 @@ func (s *StripeSource) get(ctx context.Context, endpoint, account, path string) 
 		}
 		a := &attempt{}
 		params := &stripe.RawParams{}
-		params.Context = context.WithValue(ctx, attemptKey{}, a)
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if s.timeout > 0 {
+			actx, cancel = context.WithTimeout(ctx, s.timeout)
+		}
+		defer cancel() // RawRequest has read the whole body
+		params.Context = context.WithValue(actx, attemptKey{}, a)
 		if account != "" {
 			params.SetStripeAccount(account)
 		}
@@ -413,28 +425,8 @@ func (s *StripeSource) Accounts(ctx context.Context) ([]string, error) {
 
 // CustomerPage implements Lister.
 func (s *StripeSource) CustomerPage(ctx context.Context, account, cursor string) ([]string, string, error) {
-	p, err := s.ListCustomers(ctx, account, cursor)
-	if err != nil {
-		return nil, "", err
-	}
-	ids := make([]string, 0, len(p.Items))
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, it := range p.Items {
-		c, err := keyOf(it)
-		if err != nil || c.ID == "" {
-			return nil, "", fmt.Errorf("list customers of %s: an item has no id", accountName(account))
-		}
-		ids = append(ids, c.ID)
-		if c.Created > 0 {
-			s.created[[2]string{account, c.ID}] = c.Created
-		}
-	}
-	next := ""
-	if p.HasMore && len(ids) > 0 {
-		next = ids[len(ids)-1]
-	}
-	return ids, next, nil
+	ids, _, next, err := s.CustomerBalancePage(ctx, account, cursor)
+	return ids, next, err
 }
 
 // Transactions implements Lister. Without sinceID it walks from the newest

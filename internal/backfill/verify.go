@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"reflect"
 	"slices"
@@ -247,7 +248,7 @@ func newMirrorTable(t sink.Table, account, customer, id, ending, created string)
 }
 
 // verifier reconciles one provider's mirror customer by customer, as the
-// API lists them: what it holds at once is the ids of an account's
+// API lists them: what it holds at once is a hash of each of an account's
 // customers, the held rows of two batches of heldBatch customers, and the
 // API pages of the customers being checked.
 type verifier struct {
@@ -289,7 +290,10 @@ func (v *verifier) account(ctx context.Context, account string) error {
 	if len(v.chosen) > 0 {
 		return eachCustomer(ctx, v.workers, v.batches(account, v.chosen), check)
 	}
-	listed := map[string]struct{}{}
+	// The listed customers, as hashes: 8 bytes each, so that an account
+	// of millions is remembered in tens of MiB at most.
+	seed := maphash.MakeSeed()
+	var listed []uint64
 	cursor, last := "", false
 	err := eachCustomer(ctx, v.workers, v.feed(account, func(ctx context.Context) ([]string, bool, error) {
 		if last {
@@ -300,7 +304,7 @@ func (v *verifier) account(ctx context.Context, account string) error {
 			return nil, false, fmt.Errorf("list customers of %s: %w", accountName(account), err)
 		}
 		for _, c := range ids {
-			listed[c] = struct{}{}
+			listed = append(listed, maphash.String(seed, c))
 		}
 		cursor, last = next, next == ""
 		return ids, false, nil
@@ -310,9 +314,10 @@ func (v *verifier) account(ctx context.Context, account string) error {
 	}
 	// Deleted customers, customers unknown to the API, and customers
 	// created since the listing.
+	slices.Sort(listed)
 	var unlisted []string
 	err = v.distinct(ctx, v.t.customer, v.t.account, account, func(c string) {
-		if _, ok := listed[c]; !ok {
+		if _, ok := slices.BinarySearch(listed, maphash.String(seed, c)); !ok {
 			unlisted = append(unlisted, c)
 		}
 	})

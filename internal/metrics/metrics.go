@@ -85,7 +85,10 @@ type Metrics struct {
 	SyncLag          *prometheus.GaugeVec
 
 	BackfillDeleted *prometheus.CounterVec // customers a backfill found deleted (404) after listing them
-	RefreshSkipped  prometheus.Counter     // trigger events stored, not refreshed: their account is outside --stripe-accounts
+	// BackfillBalances is how long a backfill took to read every customer
+	// whose balance is non-zero (its first phase), set when it has.
+	BackfillBalances *prometheus.GaugeVec
+	RefreshSkipped   prometheus.Counter // trigger events stored, not refreshed: their account is outside --stripe-accounts
 
 	// Read from ClickHouse by every serve process, so each reports the
 	// fleet's figure: alert on max() across pods.
@@ -162,6 +165,9 @@ func New() *Metrics {
 	m.BackfillDeleted = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "syncd_backfill_deleted_customers_total", Help: "Customers a backfill listed and then found deleted (404): skipped, their rows kept.",
 	}, []string{"provider"})
+	m.BackfillBalances = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "syncd_backfill_balances_seconds", Help: "Seconds the running backfill took to read every customer with a non-zero balance, its first phase (set when that phase ends).",
+	}, []string{"provider"})
 	m.RefreshSkipped = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "syncd_refresh_skipped_events_total", Help: "Trigger events stored but not refreshed: their account is outside --stripe-accounts.",
 	})
@@ -176,7 +182,7 @@ func New() *Metrics {
 	r.MustRegister(m.WebhookRequests, m.WebhookAck, m.Events, m.SinkRows, m.SinkFlush, m.SinkQueueRows,
 		m.SinkErrors, m.SourceRequests, m.SourceSeconds, m.RefreshQueue, m.BackfillCustomer, m.SyncLag, build,
 		m.RefreshOwed, m.RefreshOwedOldest, m.FleetMembers, m.RefreshParked, m.RecoveredRows, m.BackfillDeleted, m.RefreshSkipped,
-		m.SourceThrottled, m.SourceLimit,
+		m.SourceThrottled, m.SourceLimit, m.BackfillBalances,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	for _, p := range Providers {
@@ -200,6 +206,7 @@ func New() *Metrics {
 		}
 		m.BackfillCustomer.WithLabelValues(p)
 		m.BackfillDeleted.WithLabelValues(p)
+		m.BackfillBalances.WithLabelValues(p)
 		m.RecoveredRows.WithLabelValues(p)
 		m.SyncLag.WithLabelValues(p)
 	}

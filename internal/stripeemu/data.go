@@ -108,6 +108,7 @@ type account struct {
 	eventByID    map[string]*event
 	objects      map[string][]byte // invoices, credit notes, checkout sessions by id: as last sent in an event
 	deleted      map[string][]byte // deleted customers by id: what GET /v1/customers/{id} answers
+	lazy         *lazyAccount      // a scaled account's customers, generated on demand; nil otherwise
 }
 
 func (t *txn) key() (int64, int64)      { return t.Created, t.seq }
@@ -118,6 +119,16 @@ func (e *event) key() (int64, int64)    { return e.Created, e.seq }
 func (e *event) rawJSON() []byte        { return e.Raw }
 func (a *account) key() (int64, int64)  { return a.created, a.seq }
 func (a *account) rawJSON() []byte      { return a.raw }
+
+// find looks a customer up by id; a scaled account's is generated, with
+// its transactions when full.
+func (a *account) find(id string, full bool) (*customer, bool) {
+	if a.lazy != nil {
+		return a.lazy.customerByID(id, full)
+	}
+	c, ok := a.customerByID[id]
+	return c, ok
+}
 
 func newAccount(id string) *account {
 	return &account{id: id, customerByID: map[string]*customer{}, eventByID: map[string]*event{}, objects: map[string][]byte{},
@@ -363,6 +374,10 @@ const (
 // generate fills e with seeded customers, transactions and recent events.
 // Called once from New, before e is shared.
 func (e *Emulator) generate() {
+	if e.cfg.Scale.Customers > 0 {
+		e.generateScaled()
+		return
+	}
 	end := e.cfg.End.Unix()
 	g := e.gen
 	for i, id := range e.accountIDs {

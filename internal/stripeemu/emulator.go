@@ -26,8 +26,11 @@ type Config struct {
 	// HeavyCustomers adds, to the first account, one customer per entry with
 	// that many transactions (e.g. []int{5000}).
 	HeavyCustomers []int
-	End            time.Time // newest generated timestamp; zero means DefaultEnd
-	Livemode       bool
+	// Scale, when Scale.Customers > 0, generates a large read-only world
+	// compactly instead (Customers, Accounts and HeavyCustomers unset).
+	Scale    Scale
+	End      time.Time // newest generated timestamp; zero means DefaultEnd
+	Livemode bool
 
 	Latency time.Duration // added to every request
 	Rate429 float64       // fraction of requests answered 429 rate_limit
@@ -75,7 +78,18 @@ type Emulator struct {
 
 // New generates the world described by cfg.
 func New(cfg Config) (*Emulator, error) {
-	if len(cfg.Accounts) == 0 {
+	if cfg.Scale.Customers > 0 {
+		switch {
+		case len(cfg.Accounts) > 0 || cfg.Customers > 0 || len(cfg.HeavyCustomers) > 0:
+			return nil, errors.New("stripeemu: Scale replaces Customers, Accounts and HeavyCustomers")
+		case cfg.Scale.Accounts < 0 || cfg.Scale.Accounts > 100_000:
+			return nil, errors.New("stripeemu: Scale.Accounts: want 0–100000")
+		case cfg.Scale.Customers > 100_000_000:
+			return nil, errors.New("stripeemu: Scale.Customers: want at most 100000000")
+		}
+		cfg.Accounts = []string{}
+	}
+	if len(cfg.Accounts) == 0 && cfg.Scale.Customers == 0 {
 		cfg.Accounts = []string{""}
 	}
 	if cfg.End.IsZero() {
@@ -129,7 +143,14 @@ func (e *Emulator) Customers() []Customer {
 	defer e.mu.RUnlock()
 	var out []Customer
 	for _, id := range e.accountIDs {
-		for _, c := range e.accounts[id].customers {
+		a := e.accounts[id]
+		if a.lazy != nil {
+			for i := range a.lazy.n {
+				out = append(out, a.lazy.lite(i).c.Customer)
+			}
+			continue
+		}
+		for _, c := range a.customers {
 			out = append(out, c.Customer)
 		}
 	}
@@ -140,7 +161,7 @@ func (e *Emulator) Customers() []Customer {
 func (e *Emulator) CustomerTruth(account, id string) (Customer, bool) {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
-	c, err := e.lookup(account, id)
+	c, err := e.read(account, id, false)
 	if err != nil {
 		return Customer{}, false
 	}
@@ -154,7 +175,15 @@ func (e *Emulator) Truth() []Txn {
 	defer e.mu.RUnlock()
 	var out []Txn
 	for _, id := range e.accountIDs {
-		for _, c := range e.accounts[id].customers {
+		a := e.accounts[id]
+		cs := a.customers
+		if a.lazy != nil {
+			cs = make([]*customer, a.lazy.n)
+			for i := range cs {
+				cs[i] = a.lazy.full(i)
+			}
+		}
+		for _, c := range cs {
 			for _, t := range c.txns {
 				out = append(out, t.export())
 			}
@@ -168,7 +197,7 @@ func (e *Emulator) Truth() []Txn {
 func (e *Emulator) TruthFor(account, customer string) []Txn {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
-	c, err := e.lookup(account, customer)
+	c, err := e.read(account, customer, true)
 	if err != nil {
 		return nil
 	}
@@ -195,10 +224,28 @@ func (e *Emulator) Events() []Event {
 // ErrNotFound reports an unknown account, customer or transaction.
 var ErrNotFound = errors.New("stripeemu: not found")
 
+// read finds a customer to read; a scaled account's is generated, with its
+// transactions when full.
+func (e *Emulator) read(account, customer string, full bool) (*customer, error) {
+	a, ok := e.accounts[account]
+	if !ok {
+		return nil, fmt.Errorf("account %q: %w", account, ErrNotFound)
+	}
+	c, ok := a.find(customer, full)
+	if !ok {
+		return nil, fmt.Errorf("customer %q of account %q: %w", customer, account, ErrNotFound)
+	}
+	return c, nil
+}
+
+// lookup finds a customer to change: a scaled world's are read-only.
 func (e *Emulator) lookup(account, customer string) (*customer, error) {
 	a, ok := e.accounts[account]
 	if !ok {
 		return nil, fmt.Errorf("account %q: %w", account, ErrNotFound)
+	}
+	if a.lazy != nil {
+		return nil, ErrReadOnly
 	}
 	c, ok := a.customerByID[customer]
 	if !ok {
@@ -287,6 +334,10 @@ func (e *Emulator) AddCustomer(account string) (Customer, error) {
 	if !ok {
 		e.mu.Unlock()
 		return Customer{}, fmt.Errorf("account %q: %w", account, ErrNotFound)
+	}
+	if a.lazy != nil {
+		e.mu.Unlock()
+		return Customer{}, ErrReadOnly
 	}
 	var floor int64
 	if n := len(a.customers); n > 0 {

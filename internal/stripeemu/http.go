@@ -250,7 +250,7 @@ func pageOf[T listable](items []T, byID map[string]T, lq listQuery, kind string)
 func (e *Emulator) listTxns(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	e.serveList(w, r, "/v1/customers/"+id+"/balance_transactions", func(a *account, lq listQuery) ([][]byte, bool, *apiError) {
-		c, ok := a.customerByID[id]
+		c, ok := a.find(id, true)
 		if !ok {
 			return nil, false, missing("customer", id, "id")
 		}
@@ -265,7 +265,7 @@ func (e *Emulator) listTxns(w http.ResponseWriter, r *http.Request) {
 func (e *Emulator) getTxn(w http.ResponseWriter, r *http.Request) {
 	id, tid := r.PathValue("id"), r.PathValue("txn")
 	e.mu.RLock()
-	c, ok := e.account(r).customerByID[id]
+	c, ok := e.account(r).find(id, true)
 	var raw []byte
 	if ok {
 		if t, ok := c.txnByID[tid]; ok {
@@ -307,7 +307,7 @@ func (e *Emulator) getCustomer(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	e.mu.RLock()
 	a := e.account(r)
-	c, ok := a.customerByID[id]
+	c, ok := a.find(id, false)
 	var raw []byte
 	if ok {
 		raw = c.raw
@@ -324,6 +324,9 @@ func (e *Emulator) getCustomer(w http.ResponseWriter, r *http.Request) {
 
 func (e *Emulator) listCustomers(w http.ResponseWriter, r *http.Request) {
 	e.serveList(w, r, "/v1/customers", func(a *account, lq listQuery) ([][]byte, bool, *apiError) {
+		if a.lazy != nil {
+			return a.lazy.customerPage(lq)
+		}
 		return pageOf(a.customers, a.customerByID, lq, "customer")
 	})
 }

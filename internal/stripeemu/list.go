@@ -80,26 +80,11 @@ type cursorKeys struct {
 // (created, seq). A cursor is located by its key, so it need not be in items
 // itself (a filtered event list still pages from an event of another type).
 func page[T listable](items []T, lq listQuery, ck cursorKeys) (out [][]byte, hasMore bool) {
-	n := len(items)
-	lo := sort.Search(n, func(i int) bool { c, _ := items[i].key(); return c >= lq.minCreated })
-	hi := sort.Search(n, func(i int) bool { c, _ := items[i].key(); return c > lq.maxCreated })
-	if ck.after { // strictly older than the cursor
-		hi = min(hi, sort.Search(n, func(i int) bool { return !keyLess(items[i], ck.afterKey) }))
-	}
-	if ck.before { // strictly newer than the cursor
-		lo = max(lo, sort.Search(n, func(i int) bool { return keyLess2(ck.beforeKey, items[i]) }))
-	}
-	if lo >= hi {
+	from, to, hasMore := pageRange(len(items), func(i int) (int64, int64) { return items[i].key() }, lq, ck)
+	if from >= to {
 		return nil, false
 	}
-	var sel []T
-	if ck.before {
-		end := min(lo+lq.limit, hi)
-		sel, hasMore = items[lo:end], end < hi
-	} else {
-		start := max(hi-lq.limit, lo)
-		sel, hasMore = items[start:hi], start > lo
-	}
+	sel := items[from:to]
 	out = make([][]byte, len(sel))
 	for i, it := range sel {
 		out[len(sel)-1-i] = it.rawJSON()
@@ -107,14 +92,29 @@ func page[T listable](items []T, lq listQuery, ck cursorKeys) (out [][]byte, has
 	return out, hasMore
 }
 
-func keyLess[T listable](it T, k [2]int64) bool {
-	c, s := it.key()
-	return c < k[0] || (c == k[0] && s < k[1])
-}
-
-func keyLess2[T listable](k [2]int64, it T) bool {
-	c, s := it.key()
-	return k[0] < c || (k[0] == c && k[1] < s)
+// pageRange is page over n items ascending by keyAt: the page is
+// items[from:to], served newest first.
+func pageRange(n int, keyAt func(int) (int64, int64), lq listQuery, ck cursorKeys) (from, to int, hasMore bool) {
+	created := func(i int) int64 { c, _ := keyAt(i); return c }
+	less := func(i int, k [2]int64) bool { c, s := keyAt(i); return c < k[0] || (c == k[0] && s < k[1]) }
+	greater := func(i int, k [2]int64) bool { c, s := keyAt(i); return k[0] < c || (k[0] == c && k[1] < s) }
+	lo := sort.Search(n, func(i int) bool { return created(i) >= lq.minCreated })
+	hi := sort.Search(n, func(i int) bool { return created(i) > lq.maxCreated })
+	if ck.after { // strictly older than the cursor
+		hi = min(hi, sort.Search(n, func(i int) bool { return !less(i, ck.afterKey) }))
+	}
+	if ck.before { // strictly newer than the cursor
+		lo = max(lo, sort.Search(n, func(i int) bool { return greater(i, ck.beforeKey) }))
+	}
+	if lo >= hi {
+		return 0, 0, false
+	}
+	if ck.before {
+		end := min(lo+lq.limit, hi)
+		return lo, end, end < hi
+	}
+	start := max(hi-lq.limit, lo)
+	return start, hi, start > lo
 }
 
 // appendList writes a Stripe list object around pre-marshalled items.
