@@ -91,7 +91,8 @@ func BenchmarkClusterBackfill(b *testing.B) {
 	for _, tg := range benchTargets(b) {
 		b.Run(tg.name, func(b *testing.B) {
 			args := append([]string{"backfill", "--full", "--progress", "none", "--clickhouse-dsn", tg.dsn,
-				"--stripe-api-key", testAPIKey, "--stripe-api-url", api, "--rate-limit", "100000", "--log-level", "error"}, tg.flags...)
+				"--stripe-api-key", testAPIKey, "--stripe-api-url", api, "--rate-limit", "100000", "--endpoint-rate-limit", "100000",
+				"--max-concurrent-requests", "1000", "--log-level", "error"}, tg.flags...)
 			for b.Loop() {
 				if err := run(context.Background(), args, func(string) string { return "" }, io.Discard, io.Discard); err != nil {
 					b.Fatal(err)
