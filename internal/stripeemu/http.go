@@ -224,24 +224,16 @@ func (e *Emulator) serveList(w http.ResponseWriter, r *http.Request, path string
 // pageOf resolves the cursors through byID, then selects a page of items.
 // An unknown cursor is Stripe's resource_missing on that parameter.
 func pageOf[T listable](items []T, byID map[string]T, lq listQuery, kind string) ([][]byte, bool, *apiError) {
-	var ck cursorKeys
-	for _, cur := range []struct {
-		id, param string
-		set       *bool
-		key       *[2]int64
-	}{
-		{lq.startingAfter, "starting_after", &ck.after, &ck.afterKey},
-		{lq.endingBefore, "ending_before", &ck.before, &ck.beforeKey},
-	} {
-		if cur.id == "" {
-			continue
-		}
-		it, ok := byID[cur.id]
+	ck, aerr := resolveCursors(lq, kind, func(id string) (int64, int64, bool) {
+		it, ok := byID[id]
 		if !ok {
-			return nil, false, badCursor(kind, cur.id, cur.param)
+			return 0, 0, false
 		}
 		c, s := it.key()
-		*cur.set, *cur.key = true, [2]int64{c, s}
+		return c, s, true
+	})
+	if aerr != nil {
+		return nil, false, aerr
 	}
 	data, more := page(items, lq, ck)
 	return data, more, nil

@@ -76,6 +76,30 @@ type cursorKeys struct {
 	afterKey, beforeKey [2]int64
 }
 
+// resolveCursors locates lq's cursors by key through lookup. An unknown
+// cursor is Stripe's resource_missing on that parameter, naming kind.
+func resolveCursors(lq listQuery, kind string, lookup func(id string) (created, seq int64, ok bool)) (cursorKeys, *apiError) {
+	var ck cursorKeys
+	for _, cur := range []struct {
+		id, param string
+		set       *bool
+		key       *[2]int64
+	}{
+		{lq.startingAfter, "starting_after", &ck.after, &ck.afterKey},
+		{lq.endingBefore, "ending_before", &ck.before, &ck.beforeKey},
+	} {
+		if cur.id == "" {
+			continue
+		}
+		c, s, ok := lookup(cur.id)
+		if !ok {
+			return cursorKeys{}, badCursor(kind, cur.id, cur.param)
+		}
+		*cur.set, *cur.key = true, [2]int64{c, s}
+	}
+	return ck, nil
+}
+
 // page selects one newest-first page from items, which are ascending by
 // (created, seq). A cursor is located by its key, so it need not be in items
 // itself (a filtered event list still pages from an event of another type).

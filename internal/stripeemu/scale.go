@@ -256,24 +256,16 @@ func (l *lazyAccount) full(i int) *customer {
 
 // customerPage serves GET /v1/customers of a scaled account.
 func (l *lazyAccount) customerPage(lq listQuery) ([][]byte, bool, *apiError) {
-	var ck cursorKeys
-	for _, cur := range []struct {
-		id, param string
-		set       *bool
-		key       *[2]int64
-	}{
-		{lq.startingAfter, "starting_after", &ck.after, &ck.afterKey},
-		{lq.endingBefore, "ending_before", &ck.before, &ck.beforeKey},
-	} {
-		if cur.id == "" {
-			continue
-		}
-		i, ok := l.index(cur.id)
+	ck, aerr := resolveCursors(lq, "customer", func(id string) (int64, int64, bool) {
+		i, ok := l.index(id)
 		if !ok {
-			return nil, false, badCursor("customer", cur.id, cur.param)
+			return 0, 0, false
 		}
 		c, s := l.key(i)
-		*cur.set, *cur.key = true, [2]int64{c, s}
+		return c, s, true
+	})
+	if aerr != nil {
+		return nil, false, aerr
 	}
 	from, to, more := pageRange(l.n, l.key, lq, ck)
 	out := make([][]byte, 0, to-from)
