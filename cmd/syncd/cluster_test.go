@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -94,21 +93,8 @@ func TestClusterEndToEnd(t *testing.T) {
 			var mu sync.Mutex
 			addr := p.web
 			target := func() string { mu.Lock(); defer mu.Unlock(); return addr }
-			var once sync.Once
-			acks, killed := 0, make(chan struct{})
-			first := stream(evs, 40, target, func() {
-				mu.Lock()
-				acks++
-				n := acks
-				mu.Unlock()
-				if n == len(evs)/4 {
-					once.Do(func() {
-						_ = p.cmd.Process.Signal(syscall.SIGKILL)
-						<-p.done
-						close(killed)
-					})
-				}
-			})
+			kill, killed := killAt(p, len(evs)/4, nil)
+			first := stream(evs, 40, target, kill)
 			<-killed
 			p2 := startProcess(t, bin, args(dsns[1]))
 			p2.ready(t)

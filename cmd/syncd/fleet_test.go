@@ -97,21 +97,7 @@ func TestFleetLosesNothingWhenReplicasGo(t *testing.T) {
 	}
 	// Process 0 is SIGKILLed once a third of the object events are
 	// acknowledged, and never comes back.
-	var once sync.Once
-	acks := 0
-	kill := func() {
-		mu.Lock()
-		acks++
-		n := acks
-		mu.Unlock()
-		if n == len(objects)/3 {
-			once.Do(func() {
-				gone(0)
-				_ = procs[0].cmd.Process.Signal(syscall.SIGKILL)
-				<-procs[0].done
-			})
-		}
-	}
+	kill, _ := killAt(procs[0], len(objects)/3, func() { gone(0) })
 	var (
 		objSent  []objectSent
 		trigSent []sent

@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -166,6 +168,25 @@ type process struct {
 	cmd  *exec.Cmd
 	done chan struct{} // closed when it has exited
 	err  error         // cmd.Wait's, once done is closed
+}
+
+// killAt returns a callback for each acknowledgement that SIGKILLs p at
+// the n-th (calling before first, if set) and returns once p has exited,
+// and a channel closed then.
+func killAt(p *process, n int, before func()) (acked func(), killed <-chan struct{}) {
+	var acks atomic.Int64
+	done := make(chan struct{})
+	return func() {
+		if acks.Add(1) != int64(n) {
+			return
+		}
+		if before != nil {
+			before()
+		}
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+		<-p.done
+		close(done)
+	}, done
 }
 
 func startProcess(t *testing.T, bin string, args []string) *process {

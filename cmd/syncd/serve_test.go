@@ -421,21 +421,7 @@ func testServeKill9LosesNothingAcknowledged(t *testing.T, events func(*stripeemu
 	target := func() string { mu.Lock(); defer mu.Unlock(); return addr }
 
 	// SIGKILL once a fifth of the events are acknowledged: mid-stream.
-	var once sync.Once
-	acks, killed := 0, make(chan struct{})
-	kill := func() {
-		mu.Lock()
-		acks++
-		n := acks
-		mu.Unlock()
-		if n == len(evs)/5 {
-			once.Do(func() {
-				_ = p.cmd.Process.Signal(syscall.SIGKILL)
-				<-p.done
-				close(killed)
-			})
-		}
-	}
+	kill, killed := killAt(p, len(evs)/5, nil)
 	first := stream(evs, 50, target, kill)
 	<-killed
 
